@@ -1,0 +1,27 @@
+# AdamW of the published recipe; no weight decay on position embedding,
+# cls/dist tokens and any norm layer.
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=dict(
+        norm_decay_mult=0.,
+        custom_keys={
+            'pos_embed': dict(decay_mult=0.),
+            'cls_token': dict(decay_mult=0.),
+            'dist_token': dict(decay_mult=0.),
+        }))
+warmup = dict(
+    type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=4000)
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(
+        type='CheckpointHook', by_epoch=False, interval=4000,
+        max_keep_ckpts=3),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))

@@ -1,0 +1,8 @@
+_base_ = './adamw.py'
+param_scheduler = [
+    {{_base_.warmup}},
+    dict(type='PolyLR', power=1.0, eta_min=0., by_epoch=False, begin=1500,
+         end=80000),
+]
+train_cfg = dict(max_iters=80000, val_interval=2000)
+default_hooks = dict(checkpoint=dict(interval=2000))

@@ -1,0 +1,3 @@
+from .vit import RegionProxyViT
+
+__all__ = ['RegionProxyViT']

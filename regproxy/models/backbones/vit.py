@@ -1,0 +1,351 @@
+"""Plain and hybrid Vision Transformer backbones for RegionProxy.
+
+The patch tokens of the ViT are the region proxies of
+"Semantic Segmentation by Early Region Proxy" (Zhang et al., CVPR 2022,
+https://arxiv.org/abs/2203.14043). Module and parameter names follow
+mmsegmentation's ``VisionTransformer`` so that released checkpoints load
+unchanged; the internals follow timm (fused attention, one position-embedding
+resampler, one checkpoint filter).
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.runner.checkpoint import CheckpointLoader
+from mmseg.registry import MODELS
+from timm.layers import DropPath, trunc_normal_
+
+from ..utils.checkpoint_filter import checkpoint_filter_fn
+from ..utils.pos_embed import resample_abs_pos_embed
+from .hybrid_embed import HYBRID_STEMS, HybridPatchEmbed
+
+__all__ = ['RegionProxyViT']
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention on ``nn.MultiheadAttention``'s parameters.
+
+    The parameters live in ``self.attn`` (an ``nn.MultiheadAttention``) so the
+    released names ``attn.in_proj_weight`` and ``attn.out_proj.*`` are kept,
+    but the forward pass calls ``F.scaled_dot_product_attention`` (fused
+    kernels on CPU and GPU). ``fused_attn=False`` computes the softmax
+    explicitly, as a reference.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 qkv_bias: bool = True,
+                 attn_drop_rate: float = 0.,
+                 proj_drop_rate: float = 0.,
+                 fused_attn: bool = True):
+        super().__init__()
+        if embed_dims % num_heads != 0:
+            raise ValueError(f'embed_dims ({embed_dims}) must be divisible by '
+                             f'num_heads ({num_heads})')
+        self.num_heads = num_heads
+        self.fused_attn = fused_attn
+        self.attn = nn.MultiheadAttention(
+            embed_dims, num_heads, dropout=attn_drop_rate, bias=qkv_bias,
+            batch_first=True)
+        self.proj_drop = nn.Dropout(proj_drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C)."""
+        B, N, C = x.shape
+        qkv = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias)
+        q, k, v = qkv.view(B, N, 3, self.num_heads,
+                           C // self.num_heads).permute(2, 0, 3, 1, 4)
+        drop = self.attn.dropout if self.training else 0.
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:
+            attn = (q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)
+            attn = F.dropout(attn.softmax(dim=-1), p=drop)
+            x = attn @ v
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.attn.out_proj(x))
+
+
+class FFN(nn.Module):
+    """Two-layer MLP named as mmcv's ``FFN`` (``layers.0.0``, ``layers.1``)."""
+
+    def __init__(self,
+                 embed_dims: int,
+                 hidden_dims: int,
+                 act_cfg: dict,
+                 drop_rate: float = 0.):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Sequential(
+                nn.Linear(embed_dims, hidden_dims),
+                build_activation_layer(act_cfg), nn.Dropout(drop_rate)),
+            nn.Linear(hidden_dims, embed_dims), nn.Dropout(drop_rate))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Pre-norm block: x + attn(ln1(x)), then x + ffn(ln2(x))."""
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 mlp_ratio: float,
+                 qkv_bias: bool,
+                 drop_rate: float,
+                 attn_drop_rate: float,
+                 drop_path_rate: float,
+                 norm_cfg: dict,
+                 act_cfg: dict,
+                 fused_attn: bool = True):
+        super().__init__()
+        self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.attn = SelfAttention(embed_dims, num_heads, qkv_bias,
+                                  attn_drop_rate, drop_rate, fused_attn)
+        self.ln2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.ffn = FFN(embed_dims, int(embed_dims * mlp_ratio), act_cfg,
+                       drop_rate)
+        self.drop_path = DropPath(
+            drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.ln1(x)))
+        return x + self.drop_path(self.ffn(self.ln2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches; pads the bottom/right to a multiple of p
+    (mmcv's ``corner`` padding) so any input size works."""
+
+    def __init__(self, in_channels: int, embed_dims: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.projection = nn.Conv2d(
+            in_channels, embed_dims, kernel_size=patch_size,
+            stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        H, W = x.shape[-2:]
+        x = F.pad(x, (0, -W % p, 0, -H % p))
+        return self.projection(x)
+
+
+def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+@MODELS.register_module()
+class RegionProxyViT(BaseModule):
+    """ViT whose patch tokens serve as region proxies (RegionProxy, CVPR 2022).
+
+    Tokens are ``[cls, (dist), patches]``; the backbone returns the patch
+    tokens after each layer in ``out_indices`` as (B, C, H/p, W/p) maps.
+
+    Args:
+        img_size (int | tuple): training size; fixes the position-embedding
+            grid, which is resized (``interpolate_mode``) for other inputs.
+        patch_size (int): patch size of the plain ViT (ignored by hybrid
+            stems, whose stride is 32).
+        in_channels (int): image channels. Default: 3.
+        embed_dims (int): token width C.
+        num_layers (int): number of transformer layers.
+        num_heads (int): attention heads.
+        mlp_ratio (float): FFN hidden width / C. Default: 4.
+        out_indices (int | Sequence[int]): layers whose outputs are returned;
+            ``-1`` is the token map before the first layer. Default: (4, 11).
+        qkv_bias (bool): bias in the qkv projection. Default: True.
+        drop_rate (float): dropout after attention/FFN/pos-embed.
+        attn_drop_rate (float): attention dropout.
+        drop_path_rate (float): stochastic depth, linearly increasing to this.
+        with_cls_token (bool): keep the cls (and dist) tokens in the sequence.
+        final_norm (bool): LayerNorm ``ln1`` after the last layer.
+        norm_cfg (dict): token norm. Default: LN with eps 1e-6.
+        act_cfg (dict): FFN activation. Default: GELU.
+        norm_eval (bool): keep norm layers in eval mode while training.
+        interpolate_mode (str): position-embedding resize mode.
+        deit (bool): add DeiT's distillation token.
+        embed_type (str | None): ``None`` for patches, or a hybrid ResNetV2
+            stem: ``'vit_small_r26_s32_384'``, ``'vit_large_r50_s32_384'``.
+        fused_attn (bool): use ``F.scaled_dot_product_attention``.
+        pretrained (str, optional): timm/DeiT/mmseg checkpoint of the
+            backbone, converted on load (see ``checkpoint_filter_fn``).
+        init_cfg (dict, optional): mmengine init config; a ``Pretrained``
+            entry is loaded the same way as ``pretrained``.
+    """
+
+    def __init__(self,
+                 img_size: Union[int, Sequence[int]] = 512,
+                 patch_size: int = 16,
+                 in_channels: int = 3,
+                 embed_dims: int = 768,
+                 num_layers: int = 12,
+                 num_heads: int = 12,
+                 mlp_ratio: float = 4.,
+                 out_indices: Union[int, Sequence[int]] = (4, 11),
+                 qkv_bias: bool = True,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.,
+                 with_cls_token: bool = True,
+                 final_norm: bool = True,
+                 norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 act_cfg: dict = dict(type='GELU'),
+                 norm_eval: bool = False,
+                 interpolate_mode: str = 'bicubic',
+                 deit: bool = False,
+                 embed_type: Optional[str] = None,
+                 fused_attn: bool = True,
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[dict] = None):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('give either pretrained or init_cfg, not both')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+        img_size = _pair(img_size)
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        for index in out_indices:
+            if not -1 <= index < num_layers:
+                raise ValueError(
+                    f'out_indices entry {index} is out of range: expected '
+                    f'-1 (before the first layer) to {num_layers - 1} '
+                    f'(num_layers={num_layers})')
+
+        if embed_type is None:
+            if img_size[0] % patch_size or img_size[1] % patch_size:
+                raise ValueError(f'img_size {img_size} is not divisible by '
+                                 f'patch_size {patch_size}')
+            self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size)
+            self.patch_size = patch_size
+        elif embed_type in HYBRID_STEMS:
+            self.patch_embed = HybridPatchEmbed(embed_type, in_channels,
+                                                embed_dims)
+            self.patch_size = self.patch_embed.stride
+        else:
+            raise ValueError(f'unknown embed_type {embed_type!r}: expected '
+                             f'None or one of {sorted(HYBRID_STEMS)}')
+        if img_size[0] % self.patch_size or img_size[1] % self.patch_size:
+            raise ValueError(f'img_size {img_size} is not divisible by the '
+                             f'stem stride {self.patch_size}')
+        self.img_size = img_size
+        self.grid_size = (img_size[0] // self.patch_size,
+                          img_size[1] // self.patch_size)
+        self.embed_dims = embed_dims
+        self.out_indices = tuple(out_indices)
+        self.with_cls_token = with_cls_token
+        self.norm_eval = norm_eval
+        self.interpolate_mode = interpolate_mode
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
+        self.dist_token = nn.Parameter(torch.zeros(
+            1, 1, embed_dims)) if deit else None
+        self.num_prefix_tokens = 2 if deit else 1
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dims))
+        self.drop_after_pos = nn.Dropout(drop_rate)
+
+        dpr = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        self.layers = nn.ModuleList([
+            TransformerEncoderLayer(embed_dims, num_heads, mlp_ratio,
+                                    qkv_bias, drop_rate, attn_drop_rate,
+                                    dpr[i], norm_cfg, act_cfg, fused_attn)
+            for i in range(num_layers)
+        ])
+        self.final_norm = final_norm
+        if final_norm:
+            self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
+
+    @property
+    def fused_attn(self) -> bool:
+        return self.layers[0].attn.fused_attn
+
+    @fused_attn.setter
+    def fused_attn(self, value: bool):
+        for layer in self.layers:
+            layer.attn.fused_attn = value
+
+    def init_weights(self):
+        if self.init_cfg is not None and self.init_cfg.get(
+                'type') == 'Pretrained':
+            self.load_pretrained(self.init_cfg['checkpoint'])
+            return
+        trunc_normal_(self.pos_embed, std=.02)
+        trunc_normal_(self.cls_token, std=.02)
+        if self.dist_token is not None:
+            trunc_normal_(self.dist_token, std=.02)
+        for name, m in self.named_modules():
+            if name.startswith('patch_embed.backbone'):
+                continue  # timm initialises its ResNetV2 stem itself
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for layer in self.layers:
+            attn = layer.attn.attn
+            trunc_normal_(attn.in_proj_weight, std=.02)
+            if attn.in_proj_bias is not None:
+                nn.init.zeros_(attn.in_proj_bias)
+
+    def load_pretrained(self, filename: str):
+        """Load a timm, DeiT or mmseg-ViT checkpoint file into the backbone."""
+        checkpoint = CheckpointLoader.load_checkpoint(
+            filename, map_location='cpu')
+        state_dict = checkpoint_filter_fn(checkpoint, self)
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        print_log(
+            f'loaded {filename} into {type(self).__name__}; missing keys: '
+            f'{missing or "none"}; unexpected keys: {unexpected or "none"}',
+            logger='current')
+
+    def _pos_embed(self, x: torch.Tensor, grid: Tuple[int, int]):
+        prefix = [self.cls_token.expand(x.shape[0], -1, -1)]
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(x.shape[0], -1, -1))
+        x = torch.cat(prefix + [x], dim=1)
+        pos_embed = resample_abs_pos_embed(self.pos_embed, grid,
+                                           self.grid_size,
+                                           self.num_prefix_tokens,
+                                           self.interpolate_mode)
+        return self.drop_after_pos(x + pos_embed)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """(B, in_channels, H, W) -> one (B, C, H/p, W/p) map per out index."""
+        x = self.patch_embed(x)
+        B, C, h, w = x.shape
+        x = self._pos_embed(x.flatten(2).transpose(1, 2), (h, w))
+        num_prefix = self.num_prefix_tokens
+        if not self.with_cls_token:
+            x, num_prefix = x[:, num_prefix:], 0
+
+        def token_map(tokens):
+            return tokens[:, num_prefix:].transpose(1, 2).reshape(B, C, h, w)
+
+        outs = {-1: token_map(x)} if -1 in self.out_indices else {}
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i == len(self.layers) - 1 and self.final_norm:
+                x = self.ln1(x)
+            if i in self.out_indices:
+                outs[i] = token_map(x)
+        return [outs[i] for i in self.out_indices]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, (nn.LayerNorm, nn.GroupNorm,
+                                  nn.modules.batchnorm._BatchNorm)):
+                    m.eval()
+        return self

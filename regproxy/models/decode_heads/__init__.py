@@ -1,0 +1,3 @@
+from .proxy_head import ProxyHead
+
+__all__ = ['ProxyHead']

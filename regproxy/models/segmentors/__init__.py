@@ -1,0 +1,3 @@
+from .padded_slide_encoder_decoder import PaddedSlideEncoderDecoder
+
+__all__ = ['PaddedSlideEncoderDecoder']

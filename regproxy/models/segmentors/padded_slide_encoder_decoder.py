@@ -1,0 +1,44 @@
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
+
+__all__ = ['PaddedSlideEncoderDecoder']
+
+
+@MODELS.register_module()
+class PaddedSlideEncoderDecoder(EncoderDecoder):
+    """EncoderDecoder whose sliding-window inference zero-pads a window that
+    is smaller than the crop (an image side shorter than the crop) to the
+    crop size, runs it and crops its logits back.
+
+    A ViT sees a window at the resolution it was trained on this way, as
+    RegionProxy's published evaluation does. Whole-image inference and
+    training are mmseg's.
+    """
+
+    def slide_inference(self, inputs: torch.Tensor,
+                        batch_img_metas: List[dict]) -> torch.Tensor:
+        """(B, C, H, W) normalised images -> (B, K, H, W) seg logits."""
+        h_stride, w_stride = self.test_cfg.stride
+        h_crop, w_crop = self.test_cfg.crop_size
+        B, _, h_img, w_img = inputs.shape
+        h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+        w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+        preds = inputs.new_zeros((B, self.out_channels, h_img, w_img))
+        count = inputs.new_zeros((1, 1, h_img, w_img))
+        for h_idx in range(h_grids):
+            for w_idx in range(w_grids):
+                y2 = min(h_idx * h_stride + h_crop, h_img)
+                x2 = min(w_idx * w_stride + w_crop, w_img)
+                y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+                window = inputs[:, :, y1:y2, x1:x2]
+                h, w = window.shape[2:]
+                window = F.pad(window, (0, w_crop - w, 0, h_crop - h))
+                batch_img_metas[0]['img_shape'] = window.shape[2:]
+                logits = self.encode_decode(window, batch_img_metas)
+                preds[:, :, y1:y2, x1:x2] += logits[:, :, :h, :w]
+                count[:, :, y1:y2, x1:x2] += 1
+        return preds / count

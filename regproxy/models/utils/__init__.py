@@ -1,0 +1,8 @@
+from .checkpoint_filter import (checkpoint_filter_fn, convert_vit_checkpoint,
+                                unwrap_state_dict)
+from .pos_embed import resample_abs_pos_embed
+
+__all__ = [
+    'checkpoint_filter_fn', 'convert_vit_checkpoint', 'unwrap_state_dict',
+    'resample_abs_pos_embed'
+]
