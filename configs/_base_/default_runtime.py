@@ -1,4 +1,8 @@
 default_scope = 'mmseg'
+# Checked checkpoint loading (regproxy/engine/runner.py); load_strict=False
+# loads the matching part of a checkpoint of another model.
+runner_type = 'RegProxyRunner'
+load_strict = True
 custom_imports = dict(imports=['regproxy'], allow_failed_imports=False)
 env_cfg = dict(
     cudnn_benchmark=True,

@@ -1,1 +1,3 @@
-__all__ = []
+from .shapes import ShapesDataset, generate_shapes_dataset
+
+__all__ = ['ShapesDataset', 'generate_shapes_dataset']

@@ -126,9 +126,11 @@ class PatchEmbed(nn.Module):
     def __init__(self, in_channels: int, embed_dims: int, patch_size: int):
         super().__init__()
         self.patch_size = patch_size
+        # No bias, as in the released checkpoints: a bias would only add a
+        # constant to every patch token, which the position embedding holds.
         self.projection = nn.Conv2d(
             in_channels, embed_dims, kernel_size=patch_size,
-            stride=patch_size)
+            stride=patch_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
@@ -253,7 +255,8 @@ class RegionProxyViT(BaseModule):
             torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dims))
         self.drop_after_pos = nn.Dropout(drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        # stochastic depth rises linearly to drop_path_rate at the last layer
+        dpr = [drop_path_rate * i / max(num_layers - 1, 1) for i in range(num_layers)]
         self.layers = nn.ModuleList([
             TransformerEncoderLayer(embed_dims, num_heads, mlp_ratio,
                                     qkv_bias, drop_rate, attn_drop_rate,

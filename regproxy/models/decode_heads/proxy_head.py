@@ -100,13 +100,17 @@ class ProxyHead(BaseDecodeHead):
                  in_index: Sequence[int] = (0, 1),
                  dropout_ratio: float = 0.,
                  use_unfold: bool = False,
+                 init_cfg=None,
                  **kwargs):
+        # No default init_cfg: the base class's targets conv_seg, which this
+        # head does not have; init_weights() initialises the layers.
         super().__init__(
             in_channels,
             channels,
             input_transform=input_transform,
             in_index=in_index,
             dropout_ratio=dropout_ratio,
+            init_cfg=init_cfg,
             **kwargs)
         if len(self.in_channels) != 2:
             raise ValueError('ProxyHead takes two inputs (mid, last); got '

@@ -17,7 +17,32 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
     A ViT sees a window at the resolution it was trained on this way, as
     RegionProxy's published evaluation does. Whole-image inference and
     training are mmseg's.
+
+    Args:
+        **kwargs: ``EncoderDecoder`` arguments. The backbone's
+            ``embed_dims`` must match the head's ``in_channels`` and a slide
+            crop must hold at least one patch; both are checked here, at
+            build time, rather than failing inside the first forward pass.
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        embed_dims = getattr(self.backbone, 'embed_dims', None)
+        in_channels = self.decode_head.in_channels
+        in_channels = in_channels if isinstance(in_channels,
+                                                (list, tuple)) else [in_channels]
+        if embed_dims is not None and any(c != embed_dims
+                                          for c in in_channels):
+            raise ValueError(
+                f'decode_head.in_channels={tuple(in_channels)} does not match '
+                f'backbone.embed_dims={embed_dims}')
+        patch = getattr(self.backbone, 'patch_size', 1)
+        if self.test_cfg and self.test_cfg.get('mode') == 'slide':
+            crop = self.test_cfg.get('crop_size')
+            if crop is None or min(crop) < patch:
+                raise ValueError(
+                    f'test_cfg.crop_size={crop} is smaller than one patch '
+                    f'({patch}x{patch} pixels)')
 
     def slide_inference(self, inputs: torch.Tensor,
                         batch_img_metas: List[dict]) -> torch.Tensor:

@@ -11,8 +11,9 @@ from .pos_embed import resample_abs_pos_embed
 # (pattern, replacement) applied in order to every timm/DeiT key.
 _TIMM_TO_MMSEG = [
     (r'^blocks\.(\d+)\.', r'layers.\1.'),
-    (r'\.norm1\.', '.ln1.'),
-    (r'\.norm2\.', '.ln2.'),
+    # only the transformer layers: the ResNetV2 stem keeps its norm1/norm2
+    (r'^(layers\.\d+)\.norm1\.', r'\1.ln1.'),
+    (r'^(layers\.\d+)\.norm2\.', r'\1.ln2.'),
     (r'\.attn\.qkv\.(weight|bias)$', r'.attn.attn.in_proj_\1'),
     (r'\.attn\.proj\.', '.attn.attn.out_proj.'),
     (r'\.mlp\.fc1\.', '.ffn.layers.0.0.'),
@@ -57,7 +58,8 @@ def convert_vit_checkpoint(checkpoint: Mapping,
 
     Drops the classifier, renames ``patch_embed.proj`` to
     ``patch_embed.projection`` for plain ViTs (hybrid stems keep timm's
-    names) and resizes ``pos_embed`` to ``grid_size``. Checkpoints already in
+    names; the plain patch bias is folded into ``pos_embed``) and resizes
+    ``pos_embed`` to ``grid_size``. Checkpoints already in
     mmseg names only get the ``pos_embed`` resize.
 
     Args:
@@ -84,6 +86,13 @@ def convert_vit_checkpoint(checkpoint: Mapping,
                              key)
             converted[key] = value
         state_dict = converted
+        # Our patch projection has no bias (as released); adding the bias to
+        # the grid part of pos_embed gives exactly the same tokens.
+        bias = state_dict.pop('patch_embed.projection.bias', None)
+        if bias is not None and 'pos_embed' in state_dict:
+            pos_embed = state_dict['pos_embed'].clone()
+            pos_embed[:, 1 + ('dist_token' in state_dict):] += bias
+            state_dict['pos_embed'] = pos_embed
 
     if 'pos_embed' in state_dict:
         pos_embed = state_dict['pos_embed']

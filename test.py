@@ -1,0 +1,262 @@
+"""Test (evaluate) a RegionProxy checkpoint with mmengine's runner.
+
+Single process::
+
+    python test.py CONFIG CHECKPOINT [--aug-test] [--eval mIoU]
+
+Several processes (GPUs, or CPU processes on gloo when there is no GPU)::
+
+    torchrun --nproc_per_node=8 test.py CONFIG CHECKPOINT --launcher pytorch
+    tools/dist_test.sh CONFIG CHECKPOINT 8
+
+The original release's ``--config CONFIG --checkpoint CHECKPOINT`` and
+``--options k=v`` spellings are accepted too. mmseg's ``IoUMetric`` logs the
+per-class table and the mean metrics.
+"""
+import argparse
+import contextlib
+import os
+import os.path as osp
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.device import get_device
+
+from regproxy.utils import (add_common_args, build_runner, check_data_roots,
+                            load_config, log_notes, resolve_paths,
+                            set_work_dir, setup_launcher)
+
+IOU_METRICS = ('mIoU', 'mDice', 'mFscore')
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    Args:
+        argv (Sequence[str], optional): arguments; ``sys.argv[1:]`` if None.
+
+    Returns:
+        argparse.Namespace: the options, with ``config`` and ``checkpoint``
+        resolved.
+    """
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a RegionProxy segmentor')
+    parser.add_argument('config', nargs='?', help='config file')
+    parser.add_argument('checkpoint', nargs='?', help='checkpoint file')
+    parser.add_argument(
+        '--config',
+        dest='config_flag',
+        metavar='CONFIG',
+        help='config file (instead of the positional)')
+    parser.add_argument(
+        '--checkpoint',
+        dest='checkpoint_flag',
+        metavar='CHECKPOINT',
+        help='checkpoint file (instead of the positional)')
+    parser.add_argument(
+        '--aug-test',
+        action='store_true',
+        help="multi-scale + flip test: the config's tta_pipeline and "
+        'tta_model')
+    parser.add_argument(
+        '--out', help='folder for the predicted label maps (one PNG each)')
+    parser.add_argument(
+        '--format-only',
+        action='store_true',
+        help='only write the predictions (e.g. for a test server) to --out '
+        '(default <work_dir>/format_results), without evaluating')
+    parser.add_argument(
+        '--eval',
+        nargs='+',
+        choices=IOU_METRICS,
+        help="metrics to compute (default: the config's)")
+    parser.add_argument(
+        '--eval-options',
+        nargs='+',
+        action=DictAction,
+        help='extra test_evaluator arguments, e.g. nan_to_num=0')
+    parser.add_argument(
+        '--show', action='store_true', help='show the predictions')
+    parser.add_argument(
+        '--show-dir', help='folder for images painted with the predictions')
+    parser.add_argument(
+        '--opacity',
+        type=float,
+        help="opacity of the painted predictions in (0, 1] (default: the "
+        "visualizer's)")
+    parser.add_argument(
+        '--wait-time',
+        type=float,
+        default=2,
+        help='seconds each shown image stays (with --show)')
+    parser.add_argument(
+        '--gpu-collect',
+        action='store_true',
+        help='gather results across processes on the GPUs (CUDA runs only)')
+    parser.add_argument(
+        '--tmpdir', help='folder for gathering results on the CPU')
+    parser.add_argument(
+        '--dtype',
+        choices=DTYPES,
+        default='float32',
+        help='inference precision (autocast); bfloat16 suits the CPU')
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    resolve_paths(parser, args, ['config', 'checkpoint'])
+    if args.format_only and args.eval:
+        parser.error('--eval and --format-only exclude each other')
+    if args.out and args.out.endswith(('.pkl', '.pickle')):
+        parser.error('--out takes a folder: predictions are written as one '
+                     'PNG label map per image, not as a pickle')
+    if args.opacity is not None and not 0 < args.opacity <= 1:
+        parser.error(f'--opacity must be in (0, 1], got {args.opacity}')
+    return args
+
+
+def enable_tta(cfg: Config) -> None:
+    """Test with ``tta_pipeline`` and the model wrapped in ``tta_model``.
+
+    Args:
+        cfg (Config): config to update in place.
+    """
+    missing = [k for k in ('tta_pipeline', 'tta_model') if k not in cfg]
+    if missing:
+        raise SystemExit(f'--aug-test needs {" and ".join(missing)} in the '
+                         'config')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+def configure_evaluator(cfg: Config, args: argparse.Namespace) -> List[str]:
+    """Apply the evaluation options to every metric of ``test_evaluator``.
+
+    Args:
+        cfg (Config): config to update in place.
+        args (argparse.Namespace): parsed options.
+
+    Returns:
+        list[str]: notes to log.
+    """
+    notes = []
+    metrics = cfg.test_evaluator
+    metrics = metrics if isinstance(metrics, list) else [metrics]
+    gpu_collect = args.gpu_collect and torch.cuda.is_available() and (
+        args.launcher != 'none')
+    if args.gpu_collect and not gpu_collect:
+        notes.append('--gpu-collect ignored: not a distributed CUDA run, '
+                     'results are gathered on the CPU.')
+    out = args.out
+    if args.format_only and out is None:
+        out = osp.join(cfg.work_dir, 'format_results')
+    if out is not None:
+        # IoUMetric makes it on rank 0 only; other ranks may write first.
+        os.makedirs(out, exist_ok=True)
+        notes.append(f'Predicted label maps go to {out}.')
+    for metric in metrics:
+        metric.update(args.eval_options or {})
+        if gpu_collect:
+            metric['collect_device'] = 'gpu'
+        if metric['type'] != 'IoUMetric':
+            continue
+        if args.eval:
+            metric['iou_metrics'] = args.eval
+        if out is not None:
+            metric['output_dir'] = out
+        if args.format_only:
+            metric['format_only'] = True
+    return notes
+
+
+def enable_visualization(cfg: Config, args: argparse.Namespace) -> None:
+    """Let ``SegVisualizationHook`` draw (and show or save) predictions.
+
+    Args:
+        cfg (Config): config to update in place.
+        args (argparse.Namespace): parsed options.
+    """
+    hook = cfg.default_hooks.get('visualization') or dict(
+        type='SegVisualizationHook')
+    # The hook draws every interval-th image; a test draws them all.
+    hook.update(draw=True, interval=1)
+    if args.show:
+        hook.update(show=True, wait_time=args.wait_time)
+    cfg.default_hooks.visualization = hook
+    if args.show_dir:
+        cfg.visualizer.save_dir = args.show_dir
+
+
+def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
+    """The config with every command-line option applied.
+
+    Args:
+        args (argparse.Namespace): parsed options.
+
+    Returns:
+        tuple[Config, list[str]]: the config and notes to log.
+    """
+    cfg = load_config(args.config, args.options, args.cfg_options)
+    set_work_dir(cfg, args.work_dir, args.config)
+    cfg.load_from = args.checkpoint
+    if args.aug_test:
+        enable_tta(cfg)
+    notes = configure_evaluator(cfg, args)
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args)
+    if args.opacity is not None:
+        cfg.visualizer.alpha = args.opacity
+    return cfg, notes
+
+
+def inference_precision(dtype: str) -> contextlib.AbstractContextManager:
+    """Autocast context for ``dtype`` on the device the runner uses.
+
+    torch's own autocast, as mmengine's allows only bfloat16 on the CPU.
+
+    Args:
+        dtype (str): one of :data:`DTYPES`.
+
+    Returns:
+        A context manager; a no-op for float32.
+    """
+    if dtype == 'float32':
+        return contextlib.nullcontext()
+    return torch.autocast(
+        device_type=get_device(), dtype=getattr(torch, dtype))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """Test as the command line says.
+
+    Args:
+        argv (Sequence[str], optional): arguments; ``sys.argv[1:]`` if None.
+
+    Returns:
+        dict[str, float]: the metrics (empty with ``--format-only``).
+    """
+    args = parse_args(argv)
+    # mmengine reads the local rank from the environment.
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
+        sys.exit(f'error: checkpoint {args.checkpoint} does not exist')
+    cfg, notes = prepare_config(args)
+    try:
+        check_data_roots(cfg, ('test_dataloader', ))
+    except FileNotFoundError as err:
+        sys.exit(f'error: {err}')
+    notes += setup_launcher(cfg, args.launcher)
+    runner = build_runner(cfg)
+    if args.tmpdir:
+        # IoUMetric takes no collect_dir argument; set it on the built metric.
+        for metric in runner.test_loop.evaluator.metrics:
+            metric.collect_dir = args.tmpdir
+    log_notes(runner, notes)
+    with inference_precision(args.dtype):
+        return runner.test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from regproxy.models.backbones import RegionProxyViT
+from regproxy.models.utils import resample_abs_pos_embed
+
+
+def tiny_vit(**kwargs):
+    args = dict(
+        img_size=64,
+        patch_size=16,
+        embed_dims=32,
+        num_layers=3,
+        num_heads=2,
+        out_indices=(0, 2))
+    args.update(kwargs)
+    model = RegionProxyViT(**args)
+    model.init_weights()
+    return model
+
+
+def test_fused_attention_matches_explicit():
+    torch.manual_seed(0)
+    model = tiny_vit(deit=True).eval()
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        fused = model(x)
+        model.fused_attn = False
+        explicit = model(x)
+    for a, b in zip(fused, explicit):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_attention_matches_nn_multihead_attention():
+    """The stored nn.MultiheadAttention computes the same as our SDPA path,
+    so released weights mean what they meant."""
+    torch.manual_seed(0)
+    attn = tiny_vit().layers[0].attn.eval()
+    x = torch.randn(2, 10, 32)
+    with torch.no_grad():
+        expected, _ = attn.attn(x, x, x, need_weights=False)
+        torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('size', [(64, 64), (17, 33), (234, 345), (1, 1)])
+def test_any_input_size(size):
+    model = tiny_vit().eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *size))
+    grid = (-(-size[0] // 16), -(-size[1] // 16))
+    assert [o.shape for o in outs] == [(1, 32, *grid)] * 2
+
+
+def test_out_indices_order_and_before_first_layer():
+    model = tiny_vit(out_indices=(2, -1, 0)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        outs = model(x)
+        for index, out in zip((2, -1, 0), outs):
+            model.out_indices = (index, )
+            torch.testing.assert_close(model(x)[0], out)
+        # -1: patch embedding plus position embedding, before any layer
+        tokens = model.patch_embed(x).flatten(2).transpose(1, 2)
+        expected = tokens + model.pos_embed[:, 1:]
+    torch.testing.assert_close(outs[1].flatten(2).transpose(1, 2), expected)
+
+
+def test_deit_and_hybrid_token_counts():
+    assert tiny_vit(deit=True).pos_embed.shape == (1, 4 * 4 + 2, 32)
+    hybrid = tiny_vit(embed_type='vit_small_r26_s32_384', img_size=128)
+    assert hybrid.pos_embed.shape == (1, 4 * 4 + 1, 32)
+    with torch.no_grad():
+        outs = hybrid.eval()(torch.randn(1, 3, 96, 160))
+    assert outs[0].shape == (1, 32, 3, 5)
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny_vit(deit=True, drop_path_rate=0.1).train()
+    outs = model(torch.randn(2, 3, 64, 64))
+    sum(o.sum() for o in outs).backward()
+    for name, param in model.named_parameters():
+        if name == 'dist_token':
+            continue  # only reaches the patch tokens through attention
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert model.dist_token.grad is not None
+
+
+def test_resample_pos_embed_keeps_prefix_and_dtype():
+    pos = torch.randn(1, 2 + 16, 8, dtype=torch.float64)
+    out = resample_abs_pos_embed(pos, (3, 5), (4, 4), num_prefix_tokens=2)
+    assert out.shape == (1, 2 + 15, 8) and out.dtype == torch.float64
+    torch.testing.assert_close(out[:, :2], pos[:, :2])
+    assert resample_abs_pos_embed(pos, (4, 4), (4, 4), 2) is pos
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(out_indices=(0, 3)), 'out_indices'),
+    (dict(out_indices=(-2, 1)), 'out_indices'),
+    (dict(img_size=60), 'divisible'),
+    (dict(num_heads=5), 'num_heads'),
+    (dict(embed_type='resnet50'), 'embed_type'),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_vit(**kwargs)

@@ -1,0 +1,456 @@
+"""train.py and test.py end to end on a tiny model and a tiny shapes set.
+
+Single-process runs call the scripts' ``main`` in this process; the
+distributed ones start two CPU processes (gloo) with torchrun and with
+``python -m torch.distributed.launch``.
+"""
+import importlib.util
+import itertools
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+from mmseg.datasets import BaseSegDataset
+from mmseg.registry import DATASETS
+
+from regproxy.datasets import generate_shapes_dataset
+from regproxy.utils import check_data_roots, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / 'configs' / '_base_'
+
+TINY_CONFIG = """
+_base_ = [
+    '{base}/models/regproxy_vit-b16.py', '{base}/datasets/shapes.py',
+    '{base}/default_runtime.py', '{base}/schedules/adamw.py'
+]
+crop_size = (64, 64)
+# The base's SyncBN norm_cfg stays: the scripts turn it into BN on the CPU.
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        img_size=crop_size, embed_dims=32, num_layers=2, num_heads=2,
+        out_indices=(0, 1), drop_path_rate=0.),
+    # BaseDecodeHead's default init_cfg targets conv_seg, which ProxyHead
+    # removes; ProxyHead.init_weights initialises its own layers.
+    decode_head=dict(in_channels=(32, 32), channels=32, num_classes=8,
+                     init_cfg=None),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(48, 48)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=(128, 64), ratio_range=(1.0, 1.5),
+         keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 64), keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs')
+]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(96, 48), keep_ratio=True),
+         dict(type='Resize', scale=(128, 64), keep_ratio=True)],
+        [dict(type='RandomFlip', prob=0., direction='horizontal'),
+         dict(type='RandomFlip', prob=1., direction='horizontal')],
+        [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])
+]
+loader = dict(num_workers=0, persistent_workers=False)
+train_dataloader = dict(
+    batch_size=2, **loader,
+    dataset=dict(data_root='{data}', pipeline=train_pipeline))
+val_dataloader = dict(
+    **loader, dataset=dict(data_root='{data}', pipeline=test_pipeline))
+test_dataloader = val_dataloader
+optim_wrapper = dict(optimizer=dict(lr=1e-3))
+param_scheduler = [dict(type='ConstantLR', factor=1., by_epoch=False)]
+train_cfg = dict(max_iters=4, val_interval=4)
+default_hooks = dict(
+    logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=5))
+env_cfg = dict(cudnn_benchmark=False)
+randomness = dict(seed=0)
+"""
+
+
+def _load_script(name: str):
+    """Import ``REPO/<name>.py`` under a private module name."""
+    spec = importlib.util.spec_from_file_location(f'regproxy_{name}_script',
+                                                  REPO / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_script = _load_script('train')
+test_script = _load_script('test')
+
+_run_ids = itertools.count()
+
+
+def _unique_names() -> list:
+    """Options that give a run its own logger and visualizer.
+
+    mmengine keeps one logger per experiment name (config name and start
+    second) and one visualizer per name ('visualizer' in the config): runs in
+    one process would otherwise write into the first run's work dir.
+    """
+    run = next(_run_ids)
+    return [
+        '--cfg-options', f'experiment_name=run{run}',
+        f'visualizer.name=visualizer{run}'
+    ]
+
+
+def _train(*argv: str) -> None:
+    """``train.py`` in this process."""
+    train_script.main([*argv, *_unique_names()])
+
+
+def _test(*argv: str) -> dict:
+    """``test.py`` in this process; returns the metrics."""
+    return test_script.main([*argv, *_unique_names()])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _run(args, timeout=240) -> str:
+    """Run a command in the repository root; fail with its output."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, *args],
+                          cwd=REPO,
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    return output
+
+
+def _json_lines(work_dir: Path, pattern: str) -> list:
+    lines = []
+    for path in sorted(work_dir.glob(pattern)):
+        lines += [json.loads(line) for line in path.read_text().splitlines()]
+    return lines
+
+
+def _test_metrics(work_dir: Path) -> dict:
+    """The metrics that mmengine's LoggerHook wrote after testing."""
+    records = [r for r in _json_lines(work_dir, '*/*.json') if 'mIoU' in r]
+    assert len(records) == 1, records
+    return records[0]
+
+
+def _losses(work_dir: Path) -> list:
+    return [
+        r['loss'] for r in _json_lines(work_dir, '*/vis_data/scalars.json')
+        if 'loss' in r
+    ]
+
+
+@pytest.fixture(scope='module')
+def tiny_config(tmp_path_factory) -> Path:
+    """A tiny RegionProxy config on 4 + 3 generated shapes images."""
+    root = tmp_path_factory.mktemp('tiny')
+    data = generate_shapes_dataset(
+        str(root / 'shapes'), num_train=4, num_val=3)
+    path = root / 'tiny_regproxy.py'
+    path.write_text(TINY_CONFIG.format(base=BASE, data=data))
+    return path
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_config, tmp_path_factory) -> Path:
+    """Work dir of a 4-iteration single-process training."""
+    work_dir = tmp_path_factory.mktemp('train')
+    _train(str(tiny_config), '--work-dir', str(work_dir))
+    return work_dir
+
+
+@pytest.fixture(scope='module')
+def single_test(tiny_config, trained, tmp_path_factory) -> tuple:
+    """Single-process test of the trained checkpoint: the metrics and the
+    folder of predicted label maps."""
+    work_dir = tmp_path_factory.mktemp('test')
+    metrics = _test(
+        str(tiny_config), str(trained / 'iter_4.pth'), '--work-dir',
+        str(work_dir), '--out', str(work_dir / 'preds'))
+    return metrics, work_dir / 'preds'
+
+
+# Command line -----------------------------------------------------------
+
+
+@pytest.mark.parametrize('flag', ['--local_rank', '--local-rank'])
+def test_local_rank_spellings(flag):
+    args = train_script.parse_args(['cfg.py', f'{flag}=3'])
+    assert args.local_rank == 3
+    args = test_script.parse_args(['cfg.py', 'ckpt.pth', flag, '2'])
+    assert args.local_rank == 2
+
+
+def test_options_and_cfg_options_merge(tmp_path):
+    path = tmp_path / 'plain.py'
+    path.write_text('a = 1\nb = dict(c=2, d=3)\n')
+    args = train_script.parse_args([
+        str(path), '--options', 'a=5', 'b.c=6', '--cfg-options', 'b.c=7',
+        'b.d=8'
+    ])
+    cfg = load_config(args.config, args.options, args.cfg_options)
+    assert (cfg.a, cfg.b.c, cfg.b.d) == (5, 7, 8)
+
+
+@pytest.mark.parametrize('argv', [
+    ['c.py', 'k.pth'],
+    ['--config', 'c.py', '--checkpoint', 'k.pth'],
+    ['--checkpoint', 'k.pth', '--config', 'c.py'],
+    ['--config', 'c.py', 'k.pth'],
+    ['c.py', '--checkpoint', 'k.pth'],
+])
+def test_config_and_checkpoint_spellings(argv):
+    args = test_script.parse_args(argv + ['--launcher', 'pytorch'])
+    assert (args.config, args.checkpoint) == ('c.py', 'k.pth')
+    assert args.launcher == 'pytorch'
+
+
+def test_config_spellings_of_train():
+    assert train_script.parse_args(['--config', 'c.py']).config == 'c.py'
+    assert train_script.parse_args(['c.py']).config == 'c.py'
+
+
+@pytest.mark.parametrize('argv', [
+    [],
+    ['c.py'],
+    ['c.py', 'k.pth', 'extra.pth'],
+    ['c.py', 'k.pth', '--eval', 'mIoU', '--format-only'],
+    ['c.py', 'k.pth', '--opacity', '1.5'],
+    ['c.py', 'k.pth', '--out', 'results.pkl'],
+])
+def test_test_rejects_bad_arguments(argv):
+    with pytest.raises(SystemExit):
+        test_script.parse_args(argv)
+
+
+def test_train_rejects_two_resume_sources():
+    with pytest.raises(SystemExit):
+        train_script.parse_args(['c.py', '--resume', '--resume-from', 'x'])
+
+
+# Missing data -----------------------------------------------------------
+
+
+def test_missing_ade20k_root_names_path_and_preparation(tmp_path):
+    cfg = Config.fromfile(BASE / 'datasets' / 'ade20k.py')
+    missing = tmp_path / 'nowhere' / 'ADEChallengeData2016'
+    cfg.merge_from_dict({'train_dataloader.dataset.data_root': str(missing)})
+    with pytest.raises(FileNotFoundError) as err:
+        check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
+    message = str(err.value)
+    assert str(missing) in message and 'train_dataloader' in message
+    assert 'Preparing datasets' in message and 'data/ade/' in message
+
+
+def test_unconverted_cityscapes_names_the_converter(tmp_path):
+    cfg = Config.fromfile(BASE / 'datasets' / 'cityscapes_768x768.py')
+    for folder in ('leftImg8bit/val/city', 'gtFine/val/city'):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / 'gtFine/val/city/a_gtFine_labelIds.png').touch()
+    cfg.merge_from_dict({'test_dataloader.dataset.data_root': str(tmp_path)})
+    with pytest.raises(FileNotFoundError) as err:
+        check_data_roots(cfg, ('test_dataloader', ))
+    message = str(err.value)
+    assert '_gtFine_labelTrainIds.png' in message
+    assert 'tools/dataset_converters/cityscapes.py' in message
+
+
+def test_generated_datasets_are_not_checked(tmp_path):
+
+    class Generated(BaseSegDataset):
+        generates_data = True
+
+    DATASETS.register_module('CliTestGenerated', module=Generated, force=True)
+    cfg = Config(
+        dict(
+            test_dataloader=dict(
+                dataset=dict(
+                    type='CliTestGenerated', data_root=str(tmp_path /
+                                                           'later')))))
+    check_data_roots(cfg, ('test_dataloader', ))
+
+
+def test_scripts_exit_with_the_message(tiny_config, tmp_path):
+    missing = tmp_path / 'missing'
+    with pytest.raises(SystemExit) as err:
+        train_script.main([
+            str(tiny_config), '--work-dir',
+            str(tmp_path), '--cfg-options',
+            'train_dataloader.dataset.type=BaseSegDataset',
+            f'train_dataloader.dataset.data_root={missing}'
+        ])
+    assert str(missing) in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        # Any existing file passes the checkpoint check made first.
+        test_script.main([
+            str(tiny_config),
+            str(tiny_config), '--work-dir',
+            str(tmp_path), '--cfg-options',
+            'test_dataloader.dataset.type=BaseSegDataset',
+            f'test_dataloader.dataset.data_root={missing}'
+        ])
+    assert 'test_dataloader' in str(err.value)
+    assert str(missing) in str(err.value)
+
+
+# Config edits (no runner) ----------------------------------------------
+
+
+def _train_cfg(*argv: str):
+    return train_script.prepare_config(train_script.parse_args(argv))
+
+
+def _test_cfg(*argv: str):
+    return test_script.prepare_config(test_script.parse_args(argv))
+
+
+def test_train_flags_edit_the_config(tiny_config, tmp_path):
+    cfg, notes = _train_cfg(str(tiny_config))
+    assert cfg.work_dir == './work_dirs/tiny_regproxy'
+    cfg, notes = _train_cfg(
+        str(tiny_config), '--work-dir', str(tmp_path), '--resume-from',
+        'x.pth', '--no-validate', '--seed', '3', '--deterministic', '--gpus',
+        '2', '--amp')
+    assert cfg.work_dir == str(tmp_path)
+    assert (cfg.load_from, cfg.resume) == ('x.pth', True)
+    assert cfg.val_dataloader is None and cfg.val_evaluator is None
+    assert cfg.randomness == dict(seed=3, deterministic=True)
+    assert cfg.optim_wrapper.type in ('AmpOptimWrapper',
+                                      'AutocastOptimWrapper')
+    assert any('--gpus 2 is ignored' in note for note in notes)
+    cfg, _ = _train_cfg(
+        str(tiny_config), '--resume', '--cfg-options', 'load_from=init.pth')
+    assert (cfg.load_from, cfg.resume) == (None, True)
+    cfg, _ = _train_cfg(str(tiny_config), '--load-from', 'init.pth')
+    assert (cfg.load_from, cfg.resume) == ('init.pth', False)
+
+
+def test_test_flags_edit_the_config(tiny_config, tmp_path):
+    cfg, notes = _test_cfg(
+        str(tiny_config), 'k.pth', '--aug-test', '--eval',
+        'mIoU', 'mFscore', '--eval-options', 'nan_to_num=0', '--show-dir',
+        str(tmp_path), '--opacity', '0.3', '--gpu-collect', '--work-dir',
+        str(tmp_path))
+    assert cfg.load_from == 'k.pth'
+    assert cfg.model.type == 'SegTTAModel'
+    assert cfg.model.module.type == 'PaddedSlideEncoderDecoder'
+    assert cfg.test_dataloader.dataset.pipeline[1].type == 'TestTimeAug'
+    evaluator = cfg.test_evaluator
+    assert evaluator.iou_metrics == ['mIoU', 'mFscore']
+    assert evaluator.nan_to_num == 0
+    assert cfg.default_hooks.visualization.draw
+    assert cfg.visualizer.save_dir == str(tmp_path)
+    assert cfg.visualizer.alpha == 0.3
+    assert any('--gpu-collect ignored' in note for note in notes)
+    cfg, _ = _test_cfg(
+        str(tiny_config), 'k.pth', '--format-only', '--work-dir',
+        str(tmp_path))
+    assert cfg.test_evaluator.format_only
+    assert cfg.test_evaluator.output_dir == str(tmp_path / 'format_results')
+
+
+# Single process ---------------------------------------------------------
+
+
+def test_train_writes_checkpoints_and_finite_losses(trained):
+    assert (trained / 'iter_2.pth').is_file()
+    assert (trained / 'iter_4.pth').is_file()
+    losses = _losses(trained)
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+
+
+def test_resume_continues_from_latest(tiny_config, trained):
+    _train(
+        str(tiny_config), '--work-dir', str(trained), '--resume',
+        '--no-validate', '--cfg-options', 'train_cfg.max_iters=6')
+    assert (trained / 'iter_6.pth').is_file()
+    # The resumed run logged iterations 5 and 6 only.
+    assert len(_losses(trained)) == 6
+
+
+def test_test_reports_miou_and_writes_predictions(single_test):
+    metrics, preds = single_test
+    assert 0 <= metrics['mIoU'] <= 100 and 'aAcc' in metrics
+    assert len(list(preds.glob('*.png'))) == 3
+
+
+def test_aug_test(tiny_config, trained, tmp_path, capsys):
+    metrics = _test(
+        str(tiny_config), str(trained / 'iter_4.pth'), '--aug-test', '--eval',
+        'mIoU', 'mDice', '--work-dir', str(tmp_path), '--dtype', 'bfloat16',
+        '--show-dir', str(tmp_path / 'show'))
+    assert {'mIoU', 'mDice'} <= set(metrics)
+    assert len(list((tmp_path / 'show').rglob('*.png'))) == 3
+    # IoUMetric's per-class table reaches the log.
+    assert 'per class results' in capsys.readouterr().out
+
+
+def test_amp_on_cpu(tiny_config, tmp_path):
+    _train(
+        str(tiny_config), '--work-dir', str(tmp_path), '--amp',
+        '--no-validate', '--cfg-options', 'train_cfg.max_iters=2')
+    losses = _losses(tmp_path)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
+# Two CPU processes ------------------------------------------------------
+
+
+def test_torchrun_train(tiny_config, tmp_path):
+    output = _run([
+        '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+        'train.py',
+        str(tiny_config), '--launcher', 'pytorch', '--work-dir',
+        str(tmp_path), '--no-validate', '--cfg-options',
+        'default_hooks.checkpoint.interval=4'
+    ])
+    assert 'distributed run on the CPU with gloo (world size 2)' in output
+    # Rank 0 alone saves: one complete checkpoint.
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_4.pth']
+    assert output.count('Saving checkpoint at 4 iterations') == 1
+    losses = _losses(tmp_path)
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+
+
+def test_distributed_launch_test_matches_single_process(
+        tiny_config, trained, single_test, tmp_path):
+    single_metrics, single_preds = single_test
+    # torch.distributed.launch passes --local-rank=K to each process.
+    _run([
+        '-m', 'torch.distributed.launch', '--nproc_per_node=2',
+        f'--master_port={_free_port()}', 'test.py',
+        str(tiny_config),
+        str(trained / 'iter_4.pth'), '--launcher', 'pytorch', '--work-dir',
+        str(tmp_path), '--out',
+        str(tmp_path / 'preds'), '--tmpdir',
+        str(tmp_path / 'collect')
+    ])
+    metrics = _test_metrics(tmp_path)
+    for key in ('aAcc', 'mIoU', 'mAcc'):
+        assert metrics[key] == single_metrics[key]
+    for single in sorted(single_preds.glob('*.png')):
+        assert (tmp_path / 'preds' / single.name).read_bytes() == \
+            single.read_bytes()

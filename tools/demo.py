@@ -1,0 +1,218 @@
+"""Segment one image with a RegionProxy model and picture its region proxies.
+
+    python tools/demo.py IMAGE CONFIG CHECKPOINT --out DIR [--device cpu]
+        [--dtype float32|bfloat16] [--opacity 0.5] [--cfg-options ...]
+
+Writes three pictures of the image's size into DIR:
+
+- ``<name>_seg.png``: the predicted classes in the dataset's palette over the
+  image (``mmseg.apis.inference_model``, the config's test mode);
+- ``<name>_regions.png``: the region proxies as superpixels: every pixel
+  belongs to the neighbouring token with its largest affinity (the argmax over
+  the 9 neighbours of ``ProxyHead.affinity``, as an absolute token index),
+  outlined over the image;
+- ``<name>_tokens.png``: the class of every token (the argmax of its region
+  logits), one colour block per token over the image.
+
+The last two come from one whole-image pass over the test pipeline's resized
+image; the head's internals are read through forward hooks, so any
+RegionProxy checkpoint works unchanged.
+"""
+import argparse
+import copy
+import os.path as osp
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import mmcv
+import numpy as np
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.dataset import Compose, pseudo_collate
+from mmseg.apis import inference_model, init_model
+
+import regproxy  # noqa: F401 registers the RegionProxy modules
+from regproxy.models.utils import sync_bn_to_bn
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
+OUTLINE_COLOR = (255, 255, 0)  # RGB yellow: visible on most photos
+
+
+def palette_for(model: torch.nn.Module) -> np.ndarray:
+    """(K, 3) uint8 RGB colours: the dataset's palette, or fixed random
+    colours where the checkpoint carries none (or too few)."""
+    num_classes = model.decode_head.num_classes
+    palette = (getattr(model, 'dataset_meta', None) or {}).get('palette')
+    if palette is None or len(palette) < num_classes:
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (num_classes, 3), dtype=np.uint8)
+    return np.asarray(palette[:num_classes], dtype=np.uint8)
+
+
+def blend(image: np.ndarray, colors: np.ndarray,
+          opacity: float) -> np.ndarray:
+    """Mix two (H, W, 3) uint8 pictures, ``opacity`` of ``colors``."""
+    mixed = image.astype(np.float32) * (1 - opacity) + colors * opacity
+    return mixed.round().astype(np.uint8)
+
+
+def head_internals(model: torch.nn.Module, image_path: str,
+                   dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor,
+                                                Tuple[int, int]]:
+    """One whole-image pass through backbone and head.
+
+    Returns:
+        tuple: ``affinity`` (9, rh, rw, h, w), ``region_logits`` (h, w, K),
+        both float32, and the (H, W) size of the resized image that the
+        backbone saw.
+    """
+    pipeline = Compose([
+        t for t in copy.deepcopy(model.cfg.test_pipeline)
+        if t['type'] != 'LoadAnnotations'
+    ])
+    data = model.data_preprocessor(
+        pseudo_collate([pipeline(dict(img_path=image_path))]), False)
+    inputs = data['inputs']
+    head = model.decode_head
+    captured: Dict[str, torch.Tensor] = {}
+    handles = [
+        head.affinity_head.register_forward_pre_hook(
+            lambda module, args: captured.update(x_mid=args[0])),
+        head.mlp.register_forward_hook(
+            lambda module, args, out: captured.update(region_logits=out)),
+    ]
+    device_type = inputs.device.type
+    try:
+        with torch.no_grad(), torch.autocast(
+                device_type, dtype=dtype, enabled=dtype != torch.float32):
+            head(model.extract_feat(inputs))
+            affinity = head.affinity(captured['x_mid'])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (affinity[0].float(), captured['region_logits'][0].float(),
+            tuple(inputs.shape[2:]))
+
+
+def strongest_region(affinity: torch.Tensor) -> torch.Tensor:
+    """(9, rh, rw, h, w) affinities -> (h*rh, w*rw) absolute index
+    ``row * w + col`` of each sub-pixel's strongest neighbouring token."""
+    _, rh, rw, h, w = affinity.shape
+    neighbour = affinity.argmax(dim=0)  # (rh, rw, h, w)
+    # Neighbours are row-major over the 3x3 window centred on the token.
+    rows = torch.arange(h).view(1, 1, h, 1) + neighbour // 3 - 1
+    cols = torch.arange(w).view(1, 1, 1, w) + neighbour % 3 - 1
+    token = rows * w + cols
+    return token.permute(2, 0, 3, 1).reshape(h * rh, w * rw)
+
+
+def to_image_grid(cells: torch.Tensor, cell_size: Tuple[int, int],
+                  resized: Tuple[int, int],
+                  image: Tuple[int, int]) -> np.ndarray:
+    """Spread a map of (cell_h, cell_w)-pixel cells over the resized image
+    (the backbone padded it at the bottom/right to whole tokens, so the cells
+    start at its top-left corner), cut the padding off and bring the map to
+    the original ``image`` (H, W) size."""
+    grid = cells.numpy().astype(np.int32)
+    grid = grid.repeat(cell_size[0], axis=0).repeat(cell_size[1], axis=1)
+    grid = grid[:resized[0], :resized[1]]
+    return cv2.resize(
+        grid, (image[1], image[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def outline(labels: np.ndarray, thickness: int) -> np.ndarray:
+    """(H, W) bool mask of the borders between different labels."""
+    edges = np.zeros(labels.shape, dtype=np.uint8)
+    edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edges[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    if thickness > 1:
+        edges = cv2.dilate(edges, np.ones((thickness, thickness), np.uint8))
+    return edges.astype(bool)
+
+
+def run_demo(image_path: str,
+             config: str,
+             checkpoint: str,
+             out_dir: str,
+             device: str = 'cpu',
+             dtype: str = 'float32',
+             opacity: float = 0.5,
+             cfg_options: Optional[dict] = None) -> List[str]:
+    """Write the three pictures of ``image_path``; returns their paths."""
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    sync_bn_to_bn(cfg.model)  # SyncBN would need a process group
+    model = init_model(cfg, checkpoint, device=device)
+    torch_dtype = DTYPES[dtype]
+    with torch.autocast(
+            torch.device(device).type,
+            dtype=torch_dtype,
+            enabled=torch_dtype != torch.float32):
+        result = inference_model(model, image_path)
+    affinity, region_logits, resized = head_internals(model, image_path,
+                                                      torch_dtype)
+
+    image = mmcv.imread(image_path, channel_order='rgb')
+    size = image.shape[:2]
+    palette = palette_for(model)
+    pred = result.pred_sem_seg.data[0].cpu().numpy()
+    seg = blend(image, palette[pred], opacity)
+
+    patch = model.backbone.patch_size
+    rh, rw = model.decode_head.region_res
+    regions = to_image_grid(
+        strongest_region(affinity.cpu()), (patch // rh, patch // rw),
+        resized, size)
+    thickness = max(1, round(min(size) / 300))
+    region_img = image.copy()
+    region_img[outline(regions, thickness)] = OUTLINE_COLOR
+
+    token_classes = to_image_grid(
+        region_logits.argmax(dim=-1).cpu(), (patch, patch), resized, size)
+    tokens = blend(image, palette[token_classes], max(opacity, 0.6))
+    tokens[outline(token_classes, thickness)] = 255  # block borders in white
+
+    stem = osp.splitext(osp.basename(image_path))[0]
+    paths = []
+    for suffix, picture in (('seg', seg), ('regions', region_img),
+                            ('tokens', tokens)):
+        path = osp.join(out_dir, f'{stem}_{suffix}.png')
+        mmcv.imwrite(mmcv.rgb2bgr(picture), path, auto_mkdir=True)
+        paths.append(path)
+    return paths
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='segmentation overlay, region proxies and token classes')
+    parser.add_argument('image')
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--out', required=True, help='output directory')
+    parser.add_argument(
+        '--device', default='cuda:0' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
+                        help='autocast precision of the forward passes')
+    parser.add_argument('--opacity', type=float, default=0.5,
+                        help='weight of the class colours, in (0, 1]')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='config overrides, e.g. test_pipeline.1.scale="(512,256)"')
+    args = parser.parse_args(argv)
+    if not 0 < args.opacity <= 1:
+        parser.error(f'--opacity must be in (0, 1], got {args.opacity}')
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[str]:
+    args = parse_args(argv)
+    paths = run_demo(args.image, args.config, args.checkpoint, args.out,
+                     args.device, args.dtype, args.opacity, args.cfg_options)
+    for path in paths:
+        print(path)
+    return paths
+
+
+if __name__ == '__main__':
+    main()
