@@ -17,3 +17,5 @@ log_level = 'INFO'
 load_from = None
 resume = False
 tta_model = dict(type='SegTTAModel')
+# Stop at the first NaN/inf loss, before it can be checkpointed.
+custom_hooks = [dict(type='NonFiniteLossHook')]

@@ -1,10 +1,9 @@
-from .autocast_optim_wrapper import AutocastOptimWrapper
 from .launch import (LAUNCHERS, add_common_args, build_runner,
                      check_data_roots, load_config, log_notes, resolve_paths,
                      set_work_dir, setup_launcher)
 
 __all__ = [
-    'AutocastOptimWrapper', 'LAUNCHERS', 'add_common_args', 'build_runner',
+    'LAUNCHERS', 'add_common_args', 'build_runner',
     'check_data_roots', 'load_config', 'log_notes', 'resolve_paths',
     'set_work_dir', 'setup_launcher'
 ]

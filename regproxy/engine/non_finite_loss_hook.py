@@ -1,0 +1,29 @@
+import math
+
+from mmengine.hooks import Hook
+from mmseg.registry import HOOKS
+
+
+@HOOKS.register_module()
+class NonFiniteLossHook(Hook):
+    """Stop training at the first NaN or inf loss.
+
+    Runs before the checkpoint hook (priority ``ABOVE_NORMAL``), so the
+    step that produced the bad loss is never saved and the last good
+    checkpoint stays the latest one to resume from.
+    """
+
+    priority = 'ABOVE_NORMAL'
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None):
+        loss = (outputs or {}).get('loss')
+        if loss is None:
+            return
+        value = float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f'loss is {value} at iteration {runner.iter + 1}: training '
+                f'stopped; the latest checkpoint in {runner.work_dir} is from '
+                'before this iteration. Lower the learning rate or check the '
+                'data, then resume with --resume')
