@@ -17,5 +17,9 @@ log_level = 'INFO'
 load_from = None
 resume = False
 tta_model = dict(type='SegTTAModel')
-# Stop at the first NaN/inf loss, before it can be checkpointed.
-custom_hooks = [dict(type='NonFiniteLossHook')]
+custom_hooks = [
+    # stop at the first NaN/inf loss, before it can be checkpointed
+    dict(type='NonFiniteLossHook'),
+    # random states in checkpoints: a resumed run continues identically
+    dict(type='RNGStateHook'),
+]

@@ -20,10 +20,7 @@ model = dict(
         in_channels=(192, 192),
         channels=192,
         num_classes=8,
-        norm_cfg=norm_cfg,
-        # BaseDecodeHead's default init_cfg targets conv_seg, which
-        # ProxyHead removes; ProxyHead.init_weights initialises its layers.
-        init_cfg=None),
+        norm_cfg=norm_cfg),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(96, 96)))
 max_iters = 1200
 warmup_iters = 50

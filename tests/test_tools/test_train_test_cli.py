@@ -37,10 +37,7 @@ model = dict(
     backbone=dict(
         img_size=crop_size, embed_dims=32, num_layers=2, num_heads=2,
         out_indices=(0, 1), drop_path_rate=0.),
-    # BaseDecodeHead's default init_cfg targets conv_seg, which ProxyHead
-    # removes; ProxyHead.init_weights initialises its own layers.
-    decode_head=dict(in_channels=(32, 32), channels=32, num_classes=8,
-                     init_cfg=None),
+    decode_head=dict(in_channels=(32, 32), channels=32, num_classes=8),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(48, 48)))
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -454,3 +451,49 @@ def test_distributed_launch_test_matches_single_process(
     for single in sorted(single_preds.glob('*.png')):
         assert (tmp_path / 'preds' / single.name).read_bytes() == \
             single.read_bytes()
+
+
+# Kill and resume -----------------------------------------------------------
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tiny_config, tmp_path):
+    """SIGKILL after the first checkpoint, then ``--resume``: the final
+    weights equal an uninterrupted run's (deterministic, CPU, drop path on,
+    augmentation in a dataloader worker)."""
+    import signal
+    import time
+
+    import torch
+
+    def command(work_dir, max_iters):
+        return [
+            'train.py',
+            str(tiny_config), '--work-dir',
+            str(work_dir), '--deterministic', '--seed', '0',
+            '--cfg-options', f'train_cfg.max_iters={max_iters}',
+            'train_cfg.val_interval=1000', 'train_dataloader.num_workers=1',
+            'model.backbone.drop_path_rate=0.2'
+        ]
+
+    full = tmp_path / 'full'
+    _run(command(full, 6))
+    killed = tmp_path / 'killed'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
+    # The first run would go on for 1000 iterations: it is surely killed.
+    proc = subprocess.Popen([sys.executable, *command(killed, 1000)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (killed / 'last_checkpoint').exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / 'iter_6.pth').exists()
+    _run(command(killed, 6) + ['--resume'])
+    expected = torch.load(full / 'iter_6.pth', weights_only=False)
+    resumed = torch.load(killed / 'iter_6.pth', weights_only=False)
+    assert resumed['meta']['iter'] == 6
+    for key, value in expected['state_dict'].items():
+        diff = (resumed['state_dict'][key].double() - value.double()).abs()
+        assert diff.max() <= 1e-6, key

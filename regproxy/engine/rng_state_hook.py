@@ -1,0 +1,36 @@
+import random
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmseg.registry import HOOKS
+
+
+@HOOKS.register_module()
+class RNGStateHook(Hook):
+    """Save the main process's random states in checkpoints and restore them
+    on resume, so a resumed run draws the same drop-path masks (and any other
+    main-process randomness) as an uninterrupted one.
+
+    Data augmentation runs in dataloader workers, whose generators are seeded
+    per worker and replayed by the loop's skip over finished iterations.
+    """
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = dict(
+            python=random.getstate(),
+            numpy=np.random.get_state(),
+            torch=torch.get_rng_state())
+        if torch.cuda.is_available():
+            state['cuda'] = torch.cuda.get_rng_state_all()
+        checkpoint['rng_state'] = state
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get('rng_state')
+        if state is None or not getattr(runner, '_resume', False):
+            return  # loading weights to start a new run keeps its own seed
+        random.setstate(state['python'])
+        np.random.set_state(state['numpy'])
+        torch.set_rng_state(state['torch'])
+        if 'cuda' in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state['cuda'])
