@@ -32,6 +32,7 @@ from mmengine.dataset import Compose, pseudo_collate
 from mmseg.apis import inference_model, init_model
 
 import regproxy  # noqa: F401 registers the RegionProxy modules
+from regproxy.engine import load_segmentor_checkpoint
 from regproxy.models.utils import sync_bn_to_bn
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
@@ -42,7 +43,7 @@ def palette_for(model: torch.nn.Module) -> np.ndarray:
     """(K, 3) uint8 RGB colours: the dataset's palette, or fixed random
     colours where the checkpoint carries none (or too few)."""
     num_classes = model.decode_head.num_classes
-    palette = (getattr(model, 'dataset_meta', None) or {}).get('palette')
+    palette = model.dataset_meta.get('palette')
     if palette is None or len(palette) < num_classes:
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (num_classes, 3), dtype=np.uint8)
@@ -143,7 +144,11 @@ def run_demo(image_path: str,
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     sync_bn_to_bn(cfg.model)  # SyncBN would need a process group
-    model = init_model(cfg, checkpoint, device=device)
+    model = init_model(cfg, device=device)
+    # The project's loader reads whole training checkpoints (mmengine's
+    # torch.load(weights_only=True) refuses them) and released ones.
+    meta = load_segmentor_checkpoint(model, checkpoint).get('meta', {})
+    model.dataset_meta = meta.get('dataset_meta') or {}
     torch_dtype = DTYPES[dtype]
     with torch.autocast(
             torch.device(device).type,

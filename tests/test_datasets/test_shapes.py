@@ -18,7 +18,7 @@ from regproxy.datasets import shapes
 
 CONFIG = osp.join(
     osp.dirname(__file__), '..', '..', 'configs', 'regproxy_shapes',
-    'regproxy-t16-sub4+implicit-mid-1+128x128+1200+adamw-poly+shapes.py')
+    'regproxy-t16-sub4+implicit-mid-1+128x128+1500+adamw-poly+shapes.py')
 
 
 def _files(root):

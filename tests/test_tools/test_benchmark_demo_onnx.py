@@ -85,7 +85,7 @@ def test_straightforward_cfg_uses_mmseg_vit_and_unfold_head(tiny):
     model_cfg = Config.fromfile(tiny[0]).model.to_dict()
     cfg = benchmark.straightforward_cfg(model_cfg)
     assert cfg['backbone']['type'] == 'mmseg.VisionTransformer'
-    assert cfg['backbone']['patch_bias'] is True
+    assert cfg['backbone']['final_norm'] is True  # ours' default, not mmseg's
     assert cfg['decode_head']['use_unfold'] is True
     assert model_cfg['backbone']['type'] == 'RegionProxyViT'  # not mutated
     for bad in (dict(deit=True), dict(embed_type='vit_small_r26_s32_384'),

@@ -23,8 +23,12 @@ step (``--train``) is the segmentor's ``loss`` on random labels, backward and
 an AdamW step. Reduced precision is autocast (bfloat16 on the CPU, float16 or
 bfloat16 on CUDA).
 
-Timing: after warm-up the paths alternate call by call and the median of
-``--iters`` calls is kept, so load from other processes hits both alike.
+Timing: after warm-up the paths alternate call by call, so load from other
+processes hits both alike. The table gives the median and the fastest of
+``--iters`` calls; the speed-up is the median of the ratios of calls made
+back to back. On a CPU without bfloat16 instructions (``avx512_bf16``,
+``amx_bf16``) bfloat16 autocast is emulated and slower than float32; a note
+says so.
 
 Peak memory is the growth over what the model, its inputs and the optimizer
 object hold before the first step, during ``MEMORY_STEPS`` steps (so a
@@ -46,8 +50,9 @@ hides the other's.
   and RSS follows the live tensor bytes.
 
 ``--head-memory`` measures the ``ProxyHead`` of the config alone, accumulated
-vs unfold form, on the token grids of 512x512, 640x640 and 512x2048 (H x W)
-images, in the same way.
+vs unfold form, on random token maps of 512x512, 640x640 and 512x2048 (H x W)
+images (or of ``--shape``), in the same way: forward, and with ``--train``
+forward and backward.
 """
 import argparse
 import copy
@@ -63,7 +68,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from mmengine.config import Config
-from mmengine.runner import load_checkpoint
 from mmengine.structures import PixelData
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
@@ -71,6 +75,7 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import register_all_modules
 
 import regproxy  # noqa: F401 registers the RegionProxy modules
+from regproxy.engine import load_segmentor_checkpoint
 from regproxy.models.backbones import RegionProxyViT
 from regproxy.models.utils import sync_bn_to_bn
 
@@ -103,7 +108,7 @@ def straightforward_cfg(model_cfg: dict) -> dict:
     state_dict names match only for those."""
     cfg = copy.deepcopy(model_cfg)
     # Settings left to RegionProxyViT's defaults must be spelled out: some
-    # of mmseg's differ (final_norm, the LayerNorm eps, patch_bias).
+    # of mmseg's differ (final_norm, the LayerNorm eps, out_indices).
     backbone = {**_defaults(RegionProxyViT), **cfg['backbone']}
     if backbone['deit'] or backbone['embed_type']:
         raise ValueError('the straightforward path (mmseg VisionTransformer) '
@@ -118,9 +123,9 @@ def straightforward_cfg(model_cfg: dict) -> dict:
                          'last layer, not the embedding')
     accepted = _defaults(VisionTransformer)
     cfg['backbone'] = {k: v for k, v in backbone.items() if k in accepted}
+    # Both patch embeddings are bias-free (mmseg's patch_bias=False).
     cfg['backbone'].update(
         type='mmseg.VisionTransformer',
-        patch_bias=True,
         # mmseg multiplies without int(): a float ratio gives a float width.
         mlp_ratio=int(backbone['mlp_ratio']))
     cfg['decode_head']['use_unfold'] = True
@@ -391,7 +396,7 @@ def benchmark_models(args: argparse.Namespace, cfg: Config) -> List[dict]:
     torch.manual_seed(0)
     models = {path: build_model(cfg, path, device) for path in PATHS}
     if args.checkpoint:
-        load_checkpoint(models['ours'], args.checkpoint, map_location='cpu')
+        load_segmentor_checkpoint(models['ours'], args.checkpoint)
     # Same weights: the names of plain ViTs are mmseg's (strict load).
     models['straightforward'].load_state_dict(models['ours'].state_dict())
     diff, scale = compare_logits(models,

@@ -38,11 +38,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.config import Config
-from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 import regproxy  # noqa: F401 registers the RegionProxy modules
+from regproxy.engine import load_segmentor_checkpoint
 from regproxy.models.utils import sync_bn_to_bn
 
 
@@ -74,7 +74,7 @@ def build_segmentor(config: str,
     model_cfg['backbone'].update(pretrained=None, init_cfg=None)
     model = MODELS.build(model_cfg)
     if checkpoint:
-        load_checkpoint(model, checkpoint, map_location='cpu')
+        load_segmentor_checkpoint(model, checkpoint)
     return model.eval()
 
 

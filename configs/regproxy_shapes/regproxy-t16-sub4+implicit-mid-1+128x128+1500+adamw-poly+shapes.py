@@ -22,7 +22,7 @@ model = dict(
         num_classes=8,
         norm_cfg=norm_cfg),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(96, 96)))
-max_iters = 1200
+max_iters = 1500
 warmup_iters = 50
 # From scratch: far above the fine-tuning recipe's 6e-5 (1e-3..2e-3 work
 # equally well, 4e-3 is worse).
