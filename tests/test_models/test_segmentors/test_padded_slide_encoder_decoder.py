@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import ConfigDict
+from mmseg.apis import inference_model, init_model
+from mmseg.registry import MODELS
+
+from tests.conformance import CONFIG_DIR, conformance_path
+
+T16_ADE = ('regproxy-t16-sub4+implicit-mid-4+512x512+160k+adamw-poly+'
+           'ade20k')
+
+
+def tiny_segmentor(mode='slide'):
+    model = MODELS.build(
+        ConfigDict(
+            type='PaddedSlideEncoderDecoder',
+            backbone=dict(
+                type='RegionProxyViT', img_size=64, embed_dims=32,
+                num_layers=2, num_heads=2, out_indices=(0, 1)),
+            decode_head=dict(
+                type='ProxyHead', in_channels=(32, 32), channels=16,
+                num_classes=5, norm_cfg=dict(type='BN')),
+            test_cfg=dict(mode=mode, crop_size=(64, 64), stride=(48, 48))))
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.mark.parametrize('mode', ['whole', 'slide'])
+@pytest.mark.parametrize('size', [(1, 1), (17, 999), (40, 30), (64, 64),
+                                  (100, 65)])
+def test_any_size_returns_input_size(mode, size):
+    model = tiny_segmentor(mode)
+    inputs = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        logits = model.inference(
+            inputs, [dict(img_shape=size, ori_shape=size, pad_shape=size)])
+    assert logits.shape == (1, 5, *size)
+    assert torch.isfinite(logits).all()
+
+
+def test_small_window_is_padded_not_stretched():
+    """An image smaller than the crop gives the logits of the crop-sized
+    zero-padded image, cropped back."""
+    model = tiny_segmentor()
+    image = torch.randn(1, 3, 40, 56)
+    padded = torch.nn.functional.pad(image, (0, 8, 0, 24))
+    with torch.no_grad():
+        slide = model.slide_inference(image, [dict(img_shape=(40, 56))])
+        whole = model.encode_decode(padded, [dict(img_shape=(64, 64))])
+    torch.testing.assert_close(slide, whole[:, :, :40, :56])
+
+
+def test_released_layout_checkpoint_segments_an_image(tmp_path):
+    """init_model + inference_model with a checkpoint in the released
+    mmseg 0.x layout (state_dict + meta), loaded strictly."""
+    layout = json.loads(conformance_path('layouts.json').read_text())[T16_ADE]
+    generator = torch.Generator().manual_seed(0)
+    state_dict = {}
+    for key, shape in layout['keys'].items():
+        if key.endswith('num_batches_tracked'):
+            state_dict[key] = torch.tensor(100)
+        elif key.endswith('running_var'):
+            state_dict[key] = torch.rand(shape, generator=generator) + 0.5
+        else:
+            state_dict[key] = 0.02 * torch.randn(shape, generator=generator)
+    path = tmp_path / 'regproxy_t16_ade20k.pth'
+    torch.save(
+        dict(state_dict=state_dict,
+             meta=dict(iter=160000, mmseg_version='0.17.0')), path)
+    config = CONFIG_DIR / 'regproxy_ade20k' / f'{T16_ADE}.py'
+    cfg = ConfigDict(model=dict(decode_head=dict(norm_cfg=dict(type='BN'))))
+    model = init_model(str(config), str(path), device='cpu',
+                       cfg_options=cfg.to_dict())
+    torch.testing.assert_close(model.backbone.pos_embed,
+                               state_dict['backbone.pos_embed'])
+    image = np.random.default_rng(0).integers(0, 255, (300, 450, 3),
+                                              dtype=np.uint8)
+    result = inference_model(model, image)
+    assert result.pred_sem_seg.data.shape == (1, 300, 450)
+    assert result.seg_logits.data.shape == (150, 300, 450)
