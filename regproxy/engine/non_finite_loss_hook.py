@@ -20,7 +20,7 @@ class NonFiniteLossHook(Hook):
         loss = (outputs or {}).get('loss')
         if loss is None:
             return
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(
                 f'loss is {value} at iteration {runner.iter + 1}: training '
