@@ -59,8 +59,11 @@ def test_published_recipe(name):
     assert schedulers == [
         'LinearLR', 'CosineRestartLR' if '-cr+' in name else 'PolyLR'
     ]
-    reduce_zero_label = [
-        t.get('reduce_zero_label') for t in cfg.train_pipeline
-        if t.type == 'LoadAnnotations'
+    for loader in ('train_dataloader', 'val_dataloader'):
+        dataset = cfg[loader].dataset
+        assert dataset.get('reduce_zero_label', False) == (not cityscapes)
+    num_classes = [
+        t.num_classes for t in cfg.train_pipeline
+        if t.type == 'CheckedLoadAnnotations'
     ]
-    assert reduce_zero_label == [None if cityscapes else True]
+    assert num_classes == [cfg.model.decode_head.num_classes]

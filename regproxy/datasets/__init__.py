@@ -1,3 +1,7 @@
 from .shapes import ShapesDataset, generate_shapes_dataset
+from .transforms import CheckedLoadAnnotations, CheckedLoadImageFromFile
 
-__all__ = ['ShapesDataset', 'generate_shapes_dataset']
+__all__ = [
+    'CheckedLoadAnnotations', 'CheckedLoadImageFromFile', 'ShapesDataset',
+    'generate_shapes_dataset'
+]

@@ -3,6 +3,8 @@ import math
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
+from .skip_non_finite_optim_wrapper import SkipNonFiniteOptimWrapper
+
 
 @HOOKS.register_module()
 class NonFiniteLossHook(Hook):
@@ -10,7 +12,9 @@ class NonFiniteLossHook(Hook):
 
     Runs before the checkpoint hook (priority ``ABOVE_NORMAL``), so the
     step that produced the bad loss is never saved and the last good
-    checkpoint stays the latest one to resume from.
+    checkpoint stays the latest one to resume from. With
+    :class:`SkipNonFiniteOptimWrapper`, which skips such steps and decides
+    when to stop, it stands aside.
     """
 
     priority = 'ABOVE_NORMAL'
@@ -18,7 +22,8 @@ class NonFiniteLossHook(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
         loss = (outputs or {}).get('loss')
-        if loss is None:
+        if loss is None or isinstance(runner.optim_wrapper,
+                                      SkipNonFiniteOptimWrapper):
             return
         value = float(loss.detach())
         if not math.isfinite(value):

@@ -33,7 +33,7 @@ model = dict(
         loss_decode=dict(type='CrossEntropyLoss'), init_cfg=None),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(48, 48)))
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(type='Resize', scale=(128, 96), keep_ratio=True),
     dict(type='PackSegInputs')
 ]

@@ -40,8 +40,8 @@ model = dict(
     decode_head=dict(in_channels=(32, 32), channels=32, num_classes=8),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(48, 48)))
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', num_classes=8),
     dict(type='RandomResize', scale=(128, 64), ratio_range=(1.0, 1.5),
          keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
@@ -49,19 +49,20 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(type='Resize', scale=(128, 64), keep_ratio=True),
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadAnnotations', num_classes=8),
     dict(type='PackSegInputs')
 ]
 tta_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(type='TestTimeAug', transforms=[
         [dict(type='Resize', scale=(96, 48), keep_ratio=True),
          dict(type='Resize', scale=(128, 64), keep_ratio=True)],
         [dict(type='RandomFlip', prob=0., direction='horizontal'),
          dict(type='RandomFlip', prob=1., direction='horizontal')],
-        [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])
+        [dict(type='CheckedLoadAnnotations', num_classes=8)],
+        [dict(type='PackSegInputs')]])
 ]
 loader = dict(num_workers=0, persistent_workers=False)
 train_dataloader = dict(
@@ -497,3 +498,39 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_config, tmp_path):
     for key, value in expected['state_dict'].items():
         diff = (resumed['state_dict'][key].double() - value.double()).abs()
         assert diff.max() <= 1e-6, key
+
+
+# Diverging runs ------------------------------------------------------------
+
+# AdamW moves every weight by about the learning rate in its first step: at
+# 1e30 the second forward pass overflows.
+DIVERGE = ['optim_wrapper.optimizer.lr=1e30', 'train_cfg.max_iters=6',
+           'default_hooks.checkpoint.interval=1']
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(
+        tiny_config, tmp_path):
+    with pytest.raises(FloatingPointError, match='at iteration 2: training'):
+        _train(str(tiny_config), '--work-dir', str(tmp_path),
+               '--no-validate', '--cfg-options', *DIVERGE)
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_1.pth']
+    assert (tmp_path / 'last_checkpoint').read_text().endswith('iter_1.pth')
+
+
+def test_skip_non_finite_steps_then_stop(tiny_config, tmp_path):
+    with pytest.raises(FloatingPointError,
+                       match='3 iterations in a row, the last at iteration 4'):
+        _train(str(tiny_config), '--work-dir', str(tmp_path),
+               '--no-validate', '--cfg-options', *DIVERGE,
+               'optim_wrapper.type=SkipNonFiniteOptimWrapper',
+               'optim_wrapper.max_consecutive_skips=3')
+    # Skipped steps leave the weights as they were: 2 and 3 equal 1.
+    import torch
+    weights = [
+        torch.load(tmp_path / f'iter_{i}.pth', weights_only=False)
+        ['state_dict'] for i in (1, 2, 3)
+    ]
+    for key, value in weights[0].items():
+        assert torch.equal(weights[1][key], value), key
+        assert torch.equal(weights[2][key], value), key
+    assert not (tmp_path / 'iter_4.pth').exists()

@@ -4,8 +4,8 @@ data_root = 'data/ade/ADEChallengeData2016'
 crop_size = (640, 640)
 scale = (2048, 640)
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', num_classes=150),
     dict(
         type='RandomResize', scale=scale, ratio_range=(0.5, 2.0),
         keep_ratio=True),
@@ -15,17 +15,17 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(type='Resize', scale=scale, keep_ratio=True),
     # labels are loaded after Resize: metrics use the original size
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckedLoadAnnotations', num_classes=150),
     dict(type='PackSegInputs')
 ]
 # --aug-test: the test scale times each ratio (as the published evaluation),
 # each with and without horizontal flip.
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(
         type='TestTimeAug',
         transforms=[
@@ -39,7 +39,7 @@ tta_pipeline = [
                 dict(type='RandomFlip', prob=0., direction='horizontal'),
                 dict(type='RandomFlip', prob=1., direction='horizontal')
             ],
-            [dict(type='LoadAnnotations', reduce_zero_label=True)],
+            [dict(type='CheckedLoadAnnotations', num_classes=150)],
             [dict(type='PackSegInputs')],
         ])
 ]
@@ -52,6 +52,7 @@ train_dataloader = dict(
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
+        reduce_zero_label=True,
         data_prefix=dict(
             img_path='images/training', seg_map_path='annotations/training'),
         pipeline=train_pipeline))
@@ -63,6 +64,7 @@ val_dataloader = dict(
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
+        reduce_zero_label=True,
         data_prefix=dict(
             img_path='images/validation',
             seg_map_path='annotations/validation'),

@@ -4,8 +4,8 @@ data_root = 'data/cityscapes'
 crop_size = (768, 768)
 scale = (2048, 1024)
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', num_classes=19),
     dict(
         type='RandomResize', scale=scale, ratio_range=(0.5, 2.0),
         keep_ratio=True),
@@ -15,17 +15,17 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(type='Resize', scale=scale, keep_ratio=True),
     # labels are loaded after Resize: metrics use the original size
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadAnnotations', num_classes=19),
     dict(type='PackSegInputs')
 ]
 # --aug-test: the test scale times each ratio (as the published evaluation),
 # each with and without horizontal flip.
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(
         type='TestTimeAug',
         transforms=[
@@ -39,7 +39,7 @@ tta_pipeline = [
                 dict(type='RandomFlip', prob=0., direction='horizontal'),
                 dict(type='RandomFlip', prob=1., direction='horizontal')
             ],
-            [dict(type='LoadAnnotations')],
+            [dict(type='CheckedLoadAnnotations', num_classes=19)],
             [dict(type='PackSegInputs')],
         ])
 ]

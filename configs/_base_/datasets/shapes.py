@@ -5,8 +5,8 @@ dataset_type = 'ShapesDataset'
 data_root = 'data/shapes'
 crop_size = (128, 128)
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', num_classes=8),
     # A narrower range than the usual 0.5-2.0: in the minutes-long runs this
     # dataset is made for, it gains 1-3 mIoU.
     dict(
@@ -20,17 +20,17 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(type='Resize', scale=(256, 128), keep_ratio=True),
     # Labels are loaded after the resize: metrics use the original size.
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadAnnotations', num_classes=8),
     dict(type='PackSegInputs')
 ]
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 # Ratios of the test scale rather than of the raw image (whose size varies),
 # so that ratio 1.0 is the single-scale test.
 tta_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='CheckedLoadImageFromFile'),
     dict(
         type='TestTimeAug',
         transforms=[
@@ -43,7 +43,7 @@ tta_pipeline = [
             [
                 dict(type='RandomFlip', prob=0., direction='horizontal'),
                 dict(type='RandomFlip', prob=1., direction='horizontal')
-            ], [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]
+            ], [dict(type='CheckedLoadAnnotations', num_classes=8)], [dict(type='PackSegInputs')]
         ])
 ]
 train_dataloader = dict(

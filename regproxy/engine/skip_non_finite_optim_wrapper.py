@@ -1,0 +1,93 @@
+import logging
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.distributed as torch_dist
+from mmengine.dist import all_reduce, is_distributed
+from mmengine.logging import print_log
+from mmengine.optim import OptimWrapper
+from mmseg.registry import OPTIM_WRAPPERS
+
+__all__ = ['SkipNonFiniteOptimWrapper']
+
+
+@OPTIM_WRAPPERS.register_module()
+class SkipNonFiniteOptimWrapper(OptimWrapper):
+    """Skip the update of a step whose loss is NaN or inf.
+
+    A rare bad batch then costs one step instead of the run; a run that
+    keeps diverging still stops, after ``max_consecutive_skips`` skipped
+    steps in a row, before anything is checkpointed. Without this wrapper
+    :class:`NonFiniteLossHook` stops at the first non-finite loss.
+
+    The forward pass of a skipped step has already updated the model's
+    buffers (BatchNorm running statistics) with non-finite values: they are
+    saved when the step begins (:meth:`optim_context`, a few kilobytes) and
+    restored.
+
+    In a distributed run all ranks skip together: a step is skipped when
+    the loss of any rank is not finite (one all-reduce of a flag a step).
+
+    Args:
+        max_consecutive_skips (int): skipped steps in a row that stop the
+            run. Default: 10.
+        **kwargs: ``OptimWrapper`` arguments.
+    """
+
+    def __init__(self, max_consecutive_skips: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        if max_consecutive_skips < 1:
+            raise ValueError('max_consecutive_skips must be >= 1, got '
+                             f'{max_consecutive_skips}')
+        self.max_consecutive_skips = max_consecutive_skips
+        self.consecutive_skips = 0
+        self.total_skips = 0
+        self._saved_buffers = []
+
+    @contextmanager
+    def optim_context(self, model: nn.Module):
+        """``OptimWrapper``'s context, saving the model's buffers first.
+
+        Args:
+            model (nn.Module): the model being trained.
+        """
+        self._saved_buffers = [(buffer, buffer.detach().clone())
+                               for buffer in model.buffers()]
+        with super().optim_context(model):
+            yield
+
+    def update_params(self, loss: torch.Tensor, step_kwargs=None,
+                      zero_kwargs=None) -> None:
+        """Update as ``OptimWrapper`` does, unless the loss is not finite.
+
+        A skipped step still counts towards gradient accumulation; the
+        gradients accumulated in its window are dropped.
+        """
+        finite = torch.isfinite(loss.detach()).all().float()
+        if is_distributed():
+            all_reduce(finite, op=torch_dist.ReduceOp.MIN)
+        if finite.item():
+            self.consecutive_skips = 0
+            super().update_params(loss, step_kwargs, zero_kwargs)
+            return
+        self.consecutive_skips += 1
+        self.total_skips += 1
+        iteration = self._inner_count + 1
+        if self.consecutive_skips >= self.max_consecutive_skips:
+            raise FloatingPointError(
+                f'loss not finite for {self.consecutive_skips} iterations in '
+                f'a row, the last at iteration {iteration}: training stopped; '
+                'the latest checkpoint is from before these iterations. '
+                'Lower the learning rate or check the data, then resume')
+        print_log(
+            f'loss not finite at iteration {iteration} (here: {loss.item()}): '
+            f'update skipped ({self.consecutive_skips} in a row, '
+            f'{self.total_skips} in all)',
+            'current', level=logging.WARNING)
+        with torch.no_grad():
+            for buffer, saved in self._saved_buffers:
+                buffer.copy_(saved)
+        self._inner_count += 1
+        if self.should_update():
+            self.zero_grad(**(zero_kwargs or {}))
