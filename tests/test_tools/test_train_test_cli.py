@@ -534,3 +534,33 @@ def test_skip_non_finite_steps_then_stop(tiny_config, tmp_path):
         assert torch.equal(weights[1][key], value), key
         assert torch.equal(weights[2][key], value), key
     assert not (tmp_path / 'iter_4.pth').exists()
+
+
+@pytest.mark.parametrize('launcher', ['torch.distributed.run',
+                                      'torch.distributed.launch'])
+def test_dying_rank_ends_the_job(tiny_config, tmp_path, launcher):
+    """Rank 1 is SIGKILLed at iteration 2 while rank 0 waits for it in the
+    gradient all-reduce: the launcher ends the job at once, naming the
+    rank and the signal."""
+    import time
+    config = tmp_path / 'kill_rank_1.py'
+    config.write_text(
+        f"_base_ = ['{tiny_config}']\n"
+        "custom_imports = dict(imports=['regproxy', 'tests.fault_injection'],"
+        " allow_failed_imports=False)\n"
+        "custom_hooks = [dict(type='KillRankHook', rank=1, iteration=2)]\n"
+        "train_cfg = dict(max_iters=1000)\n")
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
+    proc = subprocess.run([
+        sys.executable, '-m', launcher, '--nproc_per_node=2',
+        f'--master_port={_free_port()}', 'train.py',
+        str(config), '--launcher', 'pytorch', '--work-dir',
+        str(tmp_path / 'work'), '--no-validate'
+    ], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    took = time.time() - float((tmp_path / 'work' / 'killed_at').read_text())
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert 'rank      : 1' in output and 'Signal 9 (SIGKILL)' in output, \
+        output[-3000:]
+    print(f'{launcher}: ended {took:.1f} s after the kill')
+    assert took < 60
