@@ -14,7 +14,6 @@ The original release's ``--config CONFIG --checkpoint CHECKPOINT`` and
 per-class table and the mean metrics.
 """
 import argparse
-import contextlib
 import os
 import os.path as osp
 import sys
@@ -203,7 +202,7 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
     cfg.load_from = args.checkpoint
     if args.aug_test:
         enable_tta(cfg)
-    notes = configure_evaluator(cfg, args)
+    notes = configure_evaluator(cfg, args) + set_precision(cfg, args.dtype)
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.opacity is not None:
@@ -211,21 +210,30 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
     return cfg, notes
 
 
-def inference_precision(dtype: str) -> contextlib.AbstractContextManager:
-    """Autocast context for ``dtype`` on the device the runner uses.
+def set_precision(cfg: Config, dtype: str) -> List[str]:
+    """Make the test loop autocast every step to ``dtype``.
 
-    torch's own autocast, as mmengine's allows only bfloat16 on the CPU.
+    An autocast around ``runner.test()`` would have no effect: mmengine's
+    ``TestLoop`` opens ``autocast(enabled=fp16)`` for each step, and a
+    disabled autocast switches an outer one off. So the loop's own ``fp16``
+    switch is turned on; it autocasts to bfloat16 on the CPU and to torch's
+    default autocast dtype on a GPU, which :func:`main` sets.
 
     Args:
+        cfg (Config): config to update in place.
         dtype (str): one of :data:`DTYPES`.
 
     Returns:
-        A context manager; a no-op for float32.
+        list[str]: a note to log, or nothing for float32.
     """
     if dtype == 'float32':
-        return contextlib.nullcontext()
-    return torch.autocast(
-        device_type=get_device(), dtype=getattr(torch, dtype))
+        return []
+    if get_device() == 'cpu' and dtype != 'bfloat16':
+        sys.exit(f'error: --dtype {dtype} needs a GPU; on the CPU use '
+                 'bfloat16')
+    cfg.test_cfg = dict(cfg.get('test_cfg') or dict(type='TestLoop'),
+                        fp16=True)
+    return [f'Inference under {dtype} autocast.']
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
@@ -254,8 +262,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         for metric in runner.test_loop.evaluator.metrics:
             metric.collect_dir = args.tmpdir
     log_notes(runner, notes)
-    with inference_precision(args.dtype):
-        return runner.test()
+    if args.dtype != 'float32' and get_device() != 'cpu':
+        torch.set_autocast_dtype(get_device(), getattr(torch, args.dtype))
+    return runner.test()
 
 
 if __name__ == '__main__':

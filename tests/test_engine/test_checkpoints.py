@@ -101,6 +101,11 @@ def test_non_finite_loss_stops_with_iteration(loss):
     (dict(decode_head=dict(in_channels=(48, 48))), 'in_channels'),
     (dict(test_cfg=dict(mode='slide', crop_size=(8, 8), stride=(8, 8))),
      'crop_size'),
+    (dict(test_cfg=dict(mode='slide', crop_size=(64, 64), stride=(80, 48))),
+     r'stride=\(80, 48\) must be between 1 and'),
+    (dict(test_cfg=dict(mode='slide', crop_size=(64, 64), stride=(0, 48))),
+     'stride'),
+    (dict(backbone=dict(out_indices=(1, ))), r'in_index=\(0, 1\) selects'),
 ])
 def test_inconsistent_model_config_fails_at_build(change, message):
     cfg = dict(

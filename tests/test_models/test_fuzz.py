@@ -94,8 +94,8 @@ def test_slide_inference_any_size(height, width, window):
     assert torch.isfinite(logits).all()
 
 
-FIELDS = ('num_heads', 'out_indices', 'img_size', 'region_res',
-          'in_channels', 'crop_size')
+FIELDS = ('num_heads', 'out_indices', 'in_index', 'img_size', 'region_res',
+          'in_channels', 'channels', 'crop_size', 'stride')
 
 
 @st.composite
@@ -113,8 +113,10 @@ def configs(draw):
         heads = [n for n in range(1, 9) if embed_dims % n == 0]
     num_heads = draw(st.sampled_from(heads))
 
+    # The head reads outputs (0, 1): one output is too few.
     out_indices = draw(
-        st.lists(st.integers(-1, num_layers - 1), min_size=2, max_size=3))
+        st.lists(st.integers(-1, num_layers - 1),
+                 min_size=1 if 'in_index' in broken else 2, max_size=3))
     if 'out_indices' in broken:
         bad = draw(st.sampled_from([-3, -2, num_layers, num_layers + 1]))
         out_indices.insert(draw(st.integers(0, len(out_indices))), bad)
@@ -129,7 +131,10 @@ def configs(draw):
     region_res = [draw(st.integers(1, 4)) for _ in range(2)]
     if 'region_res' in broken:
         region_res[draw(st.integers(0, 1))] = draw(st.integers(-2, 0))
-    if region_res[0] == region_res[1] and draw(st.booleans()):
+        if draw(st.booleans()):
+            region_res = region_res[:1]  # a pair with one entry
+    if len(region_res) == 2 and region_res[0] == region_res[1] and draw(
+            st.booleans()):
         region_res = region_res[0]
 
     in_channels = [embed_dims, embed_dims]
@@ -142,6 +147,10 @@ def configs(draw):
     if 'crop_size' in broken and patch_size > 1:
         crop[draw(st.integers(0, 1))] = draw(st.integers(1, patch_size - 1))
     stride = [draw(st.integers(ceil_div(c, 2), c)) for c in crop]
+    if 'stride' in broken:  # zero, or windows with gaps between them
+        axis = draw(st.integers(0, 1))
+        stride[axis] = draw(st.sampled_from([0, crop[axis] + 1,
+                                             2 * crop[axis]]))
     # few tokens in whole mode, few windows in slide mode
     max_side = 40 if mode == 'whole' else 2 * max(crop)
     size = tuple(draw(st.integers(1, max_side)) for _ in range(2))
@@ -152,7 +161,10 @@ def configs(draw):
         out_indices=out_indices, deit=draw(st.booleans()),
         with_cls_token=draw(st.booleans()), final_norm=draw(st.booleans()))
     decode_head = dict(
-        in_channels=in_channels, channels=8, region_res=region_res,
+        in_channels=in_channels,
+        channels=draw(st.sampled_from([-1, 0] if 'channels' in broken else
+                                      [4, 8])),
+        region_res=region_res,
         num_classes=draw(st.integers(1, 4)))
     test_cfg = dict(mode=mode, crop_size=tuple(crop), stride=tuple(stride))
     return backbone, decode_head, test_cfg, size
@@ -167,12 +179,18 @@ def offending_fields(backbone, decode_head, test_cfg):
         or embed_dims % backbone['num_heads'] == 0,
         'out_indices': all(-1 <= i < backbone['num_layers']
                            for i in backbone['out_indices']),
+        'in_index': len(backbone['out_indices']) >= 2,
         'img_size': all(s % patch == 0 for s in pair(backbone['img_size'])),
-        'region_res': min(pair(decode_head['region_res'])) >= 1,
+        'region_res': len(pair(decode_head['region_res'])) == 2
+        and min(pair(decode_head['region_res'])) >= 1,
         'in_channels': all(c == embed_dims
                            for c in decode_head['in_channels']),
+        'channels': decode_head['channels'] >= 1,
         'crop_size': test_cfg['mode'] == 'whole'
         or min(test_cfg['crop_size']) >= patch,
+        'stride': test_cfg['mode'] == 'whole' or all(
+            1 <= s <= c
+            for s, c in zip(test_cfg['stride'], test_cfg['crop_size'])),
     }
     return {field for field, valid in rules.items() if not valid}
 

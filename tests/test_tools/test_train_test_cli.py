@@ -406,6 +406,33 @@ def test_aug_test(tiny_config, trained, tmp_path, capsys):
     assert 'per class results' in capsys.readouterr().out
 
 
+def test_dtype_autocasts_every_step(tiny_config, trained, tmp_path,
+                                    monkeypatch):
+    """--dtype bfloat16 reaches the model through mmengine's test loop,
+    whose per-step autocast would switch off one opened around it."""
+    import torch
+
+    from regproxy.models import PaddedSlideEncoderDecoder
+    seen = []
+    encode_decode = PaddedSlideEncoderDecoder.encode_decode
+
+    def recording(self, *args, **kwargs):
+        seen.append((torch.is_autocast_enabled('cpu'),
+                     torch.get_autocast_dtype('cpu')))
+        return encode_decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(PaddedSlideEncoderDecoder, 'encode_decode', recording)
+    _test(str(tiny_config), str(trained / 'iter_4.pth'), '--work-dir',
+          str(tmp_path), '--dtype', 'bfloat16')
+    assert len(seen) >= 3 and set(seen) == {(True, torch.bfloat16)}
+
+
+def test_float16_needs_a_gpu(tiny_config, trained, tmp_path):
+    with pytest.raises(SystemExit, match='needs a GPU; on the CPU use bf'):
+        _test(str(tiny_config), str(trained / 'iter_4.pth'), '--work-dir',
+              str(tmp_path), '--dtype', 'float16')
+
+
 def test_amp_on_cpu(tiny_config, tmp_path):
     _train(
         str(tiny_config), '--work-dir', str(tmp_path), '--amp',

@@ -212,6 +212,14 @@ class RegionProxyViT(BaseModule):
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
         img_size = _pair(img_size)
+        for name, value in [('img_size', min(img_size)),
+                            ('patch_size', patch_size),
+                            ('embed_dims', embed_dims),
+                            ('num_heads', num_heads)]:
+            if value < 1:
+                raise ValueError(f'{name} must be positive, got {value}')
+        if num_layers < 0:
+            raise ValueError(f'num_layers must be >= 0, got {num_layers}')
         if isinstance(out_indices, int):
             out_indices = (out_indices, )
         for index in out_indices:
@@ -222,9 +230,6 @@ class RegionProxyViT(BaseModule):
                     f'(num_layers={num_layers})')
 
         if embed_type is None:
-            if img_size[0] % patch_size or img_size[1] % patch_size:
-                raise ValueError(f'img_size {img_size} is not divisible by '
-                                 f'patch_size {patch_size}')
             self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size)
             self.patch_size = patch_size
         elif embed_type in HYBRID_STEMS:
@@ -236,7 +241,7 @@ class RegionProxyViT(BaseModule):
                              f'None or one of {sorted(HYBRID_STEMS)}')
         if img_size[0] % self.patch_size or img_size[1] % self.patch_size:
             raise ValueError(f'img_size {img_size} is not divisible by the '
-                             f'stem stride {self.patch_size}')
+                             f'patch size {self.patch_size}')
         self.img_size = img_size
         self.grid_size = (img_size[0] // self.patch_size,
                           img_size[1] // self.patch_size)

@@ -103,6 +103,17 @@ class ProxyHead(BaseDecodeHead):
                  use_unfold: bool = False,
                  init_cfg=None,
                  **kwargs):
+        # Checked before mmseg's base class, which asserts on in_channels.
+        if not isinstance(in_channels, (list, tuple)) or len(in_channels) != 2:
+            raise ValueError('ProxyHead takes two inputs (mid, last); got '
+                             f'in_channels={in_channels}')
+        if isinstance(region_res, int):
+            region_res = (region_res, region_res)
+        if len(region_res) != 2 or min(region_res) < 1:
+            raise ValueError('region_res must be an int >= 1 or a pair of '
+                             f'them, got {region_res}')
+        if channels < 1:
+            raise ValueError(f'channels must be positive, got {channels}')
         # No default init_cfg: the base class's targets conv_seg, which this
         # head does not have; init_weights() initialises the layers.
         super().__init__(
@@ -113,14 +124,7 @@ class ProxyHead(BaseDecodeHead):
             dropout_ratio=dropout_ratio,
             init_cfg=init_cfg,
             **kwargs)
-        if len(self.in_channels) != 2:
-            raise ValueError('ProxyHead takes two inputs (mid, last); got '
-                             f'in_channels={in_channels}')
-        rh, rw = (region_res, region_res) if isinstance(region_res,
-                                                        int) else region_res
-        if rh < 1 or rw < 1:
-            raise ValueError(f'region_res must be >= 1, got {region_res}')
-        self.region_res = (rh, rw)
+        self.region_res = tuple(region_res)
         mid_channels, last_channels = self.in_channels
         del self.conv_seg  # the Linear below classifies the regions
         # Nested to keep the released name ``mlp.0.0``.
@@ -136,7 +140,7 @@ class ProxyHead(BaseDecodeHead):
                 act_cfg=self.act_cfg),
             ConvModule(
                 channels,
-                NUM_NEIGHBOURS * rh * rw,
+                NUM_NEIGHBOURS * region_res[0] * region_res[1],
                 kernel_size=1,
                 norm_cfg=None,
                 act_cfg=None))

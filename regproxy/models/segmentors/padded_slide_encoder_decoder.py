@@ -20,9 +20,11 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
 
     Args:
         **kwargs: ``EncoderDecoder`` arguments. The backbone's
-            ``embed_dims`` must match the head's ``in_channels`` and a slide
-            crop must hold at least one patch; both are checked here, at
-            build time, rather than failing inside the first forward pass.
+            ``embed_dims`` must match the head's ``in_channels``, the head's
+            ``in_index`` must select existing backbone outputs, and a slide
+            crop must hold at least one patch with a stride no larger than
+            the crop; all are checked here, at build time, rather than
+            failing (or leaving gaps) inside the first forward pass.
     """
 
     def __init__(self, **kwargs):
@@ -36,13 +38,36 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
             raise ValueError(
                 f'decode_head.in_channels={tuple(in_channels)} does not match '
                 f'backbone.embed_dims={embed_dims}')
-        patch = getattr(self.backbone, 'patch_size', 1)
+        out_indices = getattr(self.backbone, 'out_indices', None)
+        in_index = self.decode_head.in_index
+        in_index = in_index if isinstance(in_index, (list, tuple)) else [
+            in_index
+        ]
+        if out_indices is not None and not all(
+                -len(out_indices) <= i < len(out_indices) for i in in_index):
+            raise ValueError(
+                f'decode_head.in_index={tuple(in_index)} selects outputs the '
+                f'backbone does not have: out_indices={out_indices} gives '
+                f'{len(out_indices)}')
         if self.test_cfg and self.test_cfg.get('mode') == 'slide':
-            crop = self.test_cfg.get('crop_size')
-            if crop is None or min(crop) < patch:
-                raise ValueError(
-                    f'test_cfg.crop_size={crop} is smaller than one patch '
-                    f'({patch}x{patch} pixels)')
+            self._check_slide_windows()
+
+    def _check_slide_windows(self):
+        """A crop holds a patch; windows overlap or touch (no pixel left
+        without a prediction)."""
+        patch = getattr(self.backbone, 'patch_size', 1)
+        crop = self.test_cfg.get('crop_size')
+        if crop is None or min(crop) < patch:
+            raise ValueError(
+                f'test_cfg.crop_size={crop} is smaller than one patch '
+                f'({patch}x{patch} pixels)')
+        stride = self.test_cfg.get('stride')
+        if stride is None or not all(1 <= s <= c
+                                     for s, c in zip(stride, crop)):
+            raise ValueError(
+                f'test_cfg.stride={stride} must be between 1 and '
+                f'test_cfg.crop_size={crop}: a larger stride leaves pixels '
+                'that no window covers')
 
     def slide_inference(self, inputs: torch.Tensor,
                         batch_img_metas: List[dict]) -> torch.Tensor:

@@ -99,6 +99,10 @@ def test_resample_pos_embed_keeps_prefix_and_dtype():
     (dict(img_size=60), 'divisible'),
     (dict(num_heads=5), 'num_heads'),
     (dict(embed_type='resnet50'), 'embed_type'),
+    (dict(img_size=0), 'img_size must be positive'),
+    (dict(patch_size=0), 'patch_size must be positive'),
+    (dict(num_heads=0), 'num_heads must be positive'),
+    (dict(num_layers=-1), 'num_layers must be >= 0'),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -99,6 +99,9 @@ def test_odd_sizes_and_state_dict_names():
     (dict(region_res=0), 'region_res'),
     (dict(region_res=(2, -1)), 'region_res'),
     (dict(in_channels=(16, 24, 32), in_index=(0, 1, 2)), 'two inputs'),
+    (dict(in_channels=(16, 24, 32)), 'two inputs'),
+    (dict(region_res=(2, )), 'region_res'),
+    (dict(channels=0), 'channels must be positive'),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
