@@ -29,6 +29,7 @@ from mmseg.registry import DATASETS, MODEL_WRAPPERS, RUNNERS
 from torch.nn.parallel import DistributedDataParallel
 
 from ..models.utils import sync_bn_to_bn
+from .allocator import keep_freed_memory
 
 __all__ = [
     'LAUNCHERS', 'add_common_args', 'resolve_paths', 'load_config',
@@ -172,7 +173,8 @@ def setup_launcher(cfg: Config, launcher: str) -> List[str]:
     model as usual. Without CUDA the processes talk over gloo: the process
     group is started here (mmengine's start-up selects a CUDA device) and
     DDP gets no ``device_ids``. SyncBN is kept only where it runs, in a
-    distributed CUDA group; elsewhere it becomes BN.
+    distributed CUDA group; elsewhere it becomes BN. On the CPU, freed
+    memory is kept for reuse (:func:`keep_freed_memory`).
 
     Args:
         cfg (Config): config to update in place.
@@ -185,6 +187,9 @@ def setup_launcher(cfg: Config, launcher: str) -> List[str]:
     notes = []
     distributed = launcher != 'none'
     cuda = torch.cuda.is_available()
+    if not cuda and keep_freed_memory():
+        notes.append('CPU run: freed memory is kept for reuse (glibc '
+                     'mallopt), saving page faults on large tensors.')
     if distributed and not cuda:
         if cfg.get('env_cfg') is None:
             cfg.env_cfg = dict()

@@ -24,7 +24,9 @@ an AdamW step. Reduced precision is autocast (bfloat16 on the CPU, float16 or
 bfloat16 on CUDA).
 
 Timing: after warm-up the paths alternate call by call, so load from other
-processes hits both alike. The table gives the median and the fastest of
+processes hits both alike. On the CPU both are timed with freed memory kept
+for reuse, as train.py and test.py run (``regproxy.utils.keep_freed_memory``);
+``--glibc-defaults`` times them with glibc's allocator as it comes. The table gives the median and the fastest of
 ``--iters`` calls; the speed-up is the median of the ratios of calls made
 back to back. On a CPU without bfloat16 instructions (``avx512_bf16``,
 ``amx_bf16``) bfloat16 autocast is emulated and slower than float32; a note
@@ -78,6 +80,7 @@ import regproxy  # noqa: F401 registers the RegionProxy modules
 from regproxy.engine import load_segmentor_checkpoint
 from regproxy.models.backbones import RegionProxyViT
 from regproxy.models.utils import sync_bn_to_bn
+from regproxy.utils import keep_freed_memory
 
 PATHS = ('ours', 'straightforward')
 DTYPES = {
@@ -476,6 +479,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--train', action='store_true',
                         help='also time a training step')
     parser.add_argument(
+        '--glibc-defaults', action='store_true',
+        help='time with glibc malloc as it comes (default on the CPU: keep '
+        'freed memory for reuse, as train.py and test.py do)')
+    parser.add_argument(
         '--head-memory', action='store_true',
         help='ProxyHead alone, accumulated vs unfold, on the grids of '
         f'{", ".join(f"{h}x{w}" for h, w in HEAD_INPUTS)} images')
@@ -497,8 +504,11 @@ def main(argv: Optional[Sequence[str]] = None):
     if args.worker:
         run_worker(args)
         return
+    reuse = (args.device == 'cpu' and not args.glibc_defaults
+             and keep_freed_memory())
     print(f'{os.path.basename(args.config)} on {args.device} '
-          f'({torch.get_num_threads()} threads), torch {torch.__version__}')
+          f'({torch.get_num_threads()} threads), torch {torch.__version__}'
+          + (', freed memory kept for reuse' if reuse else ''))
     if (args.device == 'cpu' and 'bfloat16' in args.dtypes
             and not cpu_has_bf16()):
         print('note: this CPU has no bfloat16 instructions; bfloat16 '
