@@ -11,9 +11,7 @@ from mmengine.logging import MMLogger
 from mmseg.apis import inference_model, init_model
 from mmseg.registry import DATASETS
 
-from regproxy.datasets import (CheckedLoadAnnotations,
-                               CheckedLoadImageFromFile,
-                               generate_shapes_dataset)
+from regproxy.datasets import CheckedLoadAnnotations, CheckedLoadImageFromFile
 from tests.test_datasets.test_shapes import CONFIG
 
 
@@ -30,14 +28,6 @@ def _load_labels(path, reduce_zero_label=False, label_map=None,
 def _write(path, array):
     assert cv2.imwrite(str(path), array)
     return path
-
-
-@pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-    return generate_shapes_dataset(
-        str(tmp_path_factory.mktemp('data') / 'shapes'),
-        num_train=4,
-        num_val=2)
 
 
 # Unreadable files ---------------------------------------------------------
@@ -77,10 +67,10 @@ def test_skip_unreadable_warns_and_returns_none(tmp_path):
     assert sum(f'{path}' in r and 'skipped' in r for r in records) == 2
 
 
-def test_training_skips_an_unreadable_sample(data_root, tmp_path):
+def test_training_skips_an_unreadable_sample(small_root, tmp_path):
     """With skip_unreadable, mmengine's dataset draws another sample in
     place of a corrupt one; without it, the error names the file."""
-    root = shutil.copytree(data_root, tmp_path / 'shapes')
+    root = shutil.copytree(small_root, tmp_path / 'shapes')
     images = sorted((root / 'images' / 'training').iterdir())
     images[0].write_bytes(b'corrupt')
     cfg = Config.fromfile(CONFIG)

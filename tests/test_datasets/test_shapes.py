@@ -32,14 +32,6 @@ def _files(root):
     return out
 
 
-@pytest.fixture(scope='module')
-def small_root(tmp_path_factory):
-    return generate_shapes_dataset(
-        str(tmp_path_factory.mktemp('data') / 'shapes'),
-        num_train=6,
-        num_val=3)
-
-
 def test_same_seed_same_bytes(tmp_path, small_root):
     again = generate_shapes_dataset(
         str(tmp_path / 'again'), num_train=6, num_val=3)
