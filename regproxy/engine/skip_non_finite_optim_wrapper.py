@@ -77,9 +77,10 @@ class SkipNonFiniteOptimWrapper(OptimWrapper):
         if self.consecutive_skips >= self.max_consecutive_skips:
             raise FloatingPointError(
                 f'loss not finite for {self.consecutive_skips} iterations in '
-                f'a row, the last at iteration {iteration}: training stopped; '
-                'the latest checkpoint is from before these iterations. '
-                'Lower the learning rate or check the data, then resume')
+                f'a row, the last at iteration {iteration}: training stopped. '
+                'Skipped steps leave the weights as they were, so the latest '
+                'checkpoint holds good ones: lower the learning rate or check '
+                'the data, then resume')
         print_log(
             f'loss not finite at iteration {iteration} (here: {loss.item()}): '
             f'update skipped ({self.consecutive_skips} in a row, '
