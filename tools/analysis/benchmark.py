@@ -79,7 +79,7 @@ from mmseg.utils import register_all_modules
 import regproxy  # noqa: F401 registers the RegionProxy modules
 from regproxy.engine import load_segmentor_checkpoint
 from regproxy.models.backbones import RegionProxyViT
-from regproxy.models.utils import sync_bn_to_bn
+from regproxy.models.utils import standalone_model_cfg, sync_bn_to_bn
 from regproxy.utils import keep_freed_memory
 
 PATHS = ('ours', 'straightforward')
@@ -139,9 +139,7 @@ def build_model(cfg: Config, path: str, device: torch.device) -> nn.Module:
     """Segmentor of ``path`` (``ours`` or ``straightforward``) with
     PyTorch's default initialisation: the paths get the same weights by
     copying, so no pretrained file is read."""
-    model_cfg = sync_bn_to_bn(copy.deepcopy(cfg.model))
-    model_cfg['pretrained'] = None
-    model_cfg['backbone'].update(pretrained=None, init_cfg=None)
+    model_cfg = standalone_model_cfg(cfg.model)
     if path == 'straightforward':
         model_cfg = straightforward_cfg(model_cfg)
     return MODELS.build(model_cfg).to(device)

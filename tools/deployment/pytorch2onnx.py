@@ -28,7 +28,6 @@ PyTorch: the largest difference relative to the largest logit must stay
 within ``--rtol`` (1e-4).
 """
 import argparse
-import copy
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -43,7 +42,7 @@ from mmseg.utils import register_all_modules
 
 import regproxy  # noqa: F401 registers the RegionProxy modules
 from regproxy.engine import load_segmentor_checkpoint
-from regproxy.models.utils import sync_bn_to_bn
+from regproxy.models.utils import standalone_model_cfg
 
 
 class WholeImageSegmentor(nn.Module):
@@ -69,10 +68,7 @@ def build_segmentor(config: str,
     """The config's segmentor in eval mode, ``checkpoint`` loaded if given."""
     register_all_modules()
     cfg = Config.fromfile(config)
-    model_cfg = sync_bn_to_bn(copy.deepcopy(cfg.model))
-    model_cfg['pretrained'] = None
-    model_cfg['backbone'].update(pretrained=None, init_cfg=None)
-    model = MODELS.build(model_cfg)
+    model = MODELS.build(standalone_model_cfg(cfg.model))
     if checkpoint:
         load_segmentor_checkpoint(model, checkpoint)
     return model.eval()

@@ -9,7 +9,8 @@ import timm
 import torch
 
 from regproxy.models.backbones import RegionProxyViT
-from regproxy.models.utils import checkpoint_filter_fn, sync_bn_to_bn
+from regproxy.models.utils import (checkpoint_filter_fn, standalone_model_cfg,
+                                   sync_bn_to_bn)
 from tests.conformance import (REPO_ROOT, conformance_path, published_config)
 
 INITIALISATIONS = {
@@ -92,3 +93,18 @@ def test_converter_command_line(tmp_path):
     assert state_dict['pos_embed'].shape == (1, 32 * 32 + 2, 192)
     assert 'dist_token' in state_dict and 'layers.0.ln1.weight' in state_dict
     assert not any(k.startswith(('head', 'blocks')) for k in state_dict)
+
+
+def test_standalone_model_cfg_copies_without_weights_files():
+    cfg = dict(
+        type='PaddedSlideEncoderDecoder', pretrained='seg.pth',
+        backbone=dict(type='RegionProxyViT', pretrained='vit.pth'),
+        decode_head=dict(norm_cfg=dict(type='SyncBN')))
+    standalone = standalone_model_cfg(cfg)
+    assert standalone['pretrained'] is None
+    assert standalone['backbone']['pretrained'] is None
+    assert standalone['backbone']['init_cfg'] is None
+    assert standalone['decode_head']['norm_cfg']['type'] == 'BN'
+    # the original is untouched
+    assert cfg['backbone']['pretrained'] == 'vit.pth'
+    assert cfg['decode_head']['norm_cfg']['type'] == 'SyncBN'
