@@ -1,3 +1,4 @@
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -96,7 +97,7 @@ def load_segmentor_checkpoint(model: nn.Module,
             raise CheckpointError(
                 message + '. To load the matching part only, set '
                 'load_strict=False (--cfg-options load_strict=False)')
-        print_log(message, logger=logger, level=30)
+        print_log(message, logger=logger, level=logging.WARNING)
     for key in wrong_shape:
         weights.pop(key)
     model.load_state_dict(weights, strict=False)

@@ -261,7 +261,10 @@ class RegionProxyViT(BaseModule):
         self.drop_after_pos = nn.Dropout(drop_rate)
 
         # stochastic depth rises linearly to drop_path_rate at the last layer
-        dpr = [drop_path_rate * i / max(num_layers - 1, 1) for i in range(num_layers)]
+        dpr = [
+            drop_path_rate * i / max(num_layers - 1, 1)
+            for i in range(num_layers)
+        ]
         self.layers = nn.ModuleList([
             TransformerEncoderLayer(embed_dims, num_heads, mlp_ratio,
                                     qkv_bias, drop_rate, attn_drop_rate,

@@ -8,6 +8,11 @@ from mmseg.registry import MODELS
 __all__ = ['PaddedSlideEncoderDecoder']
 
 
+def _as_tuple(value) -> tuple:
+    """mmseg heads hold one int or a sequence for in_channels/in_index."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, )
+
+
 @MODELS.register_module()
 class PaddedSlideEncoderDecoder(EncoderDecoder):
     """EncoderDecoder whose sliding-window inference zero-pads a window that
@@ -30,23 +35,18 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         embed_dims = getattr(self.backbone, 'embed_dims', None)
-        in_channels = self.decode_head.in_channels
-        in_channels = in_channels if isinstance(in_channels,
-                                                (list, tuple)) else [in_channels]
+        in_channels = _as_tuple(self.decode_head.in_channels)
         if embed_dims is not None and any(c != embed_dims
                                           for c in in_channels):
             raise ValueError(
-                f'decode_head.in_channels={tuple(in_channels)} does not match '
+                f'decode_head.in_channels={in_channels} does not match '
                 f'backbone.embed_dims={embed_dims}')
         out_indices = getattr(self.backbone, 'out_indices', None)
-        in_index = self.decode_head.in_index
-        in_index = in_index if isinstance(in_index, (list, tuple)) else [
-            in_index
-        ]
+        in_index = _as_tuple(self.decode_head.in_index)
         if out_indices is not None and not all(
                 -len(out_indices) <= i < len(out_indices) for i in in_index):
             raise ValueError(
-                f'decode_head.in_index={tuple(in_index)} selects outputs the '
+                f'decode_head.in_index={in_index} selects outputs the '
                 f'backbone does not have: out_indices={out_indices} gives '
                 f'{len(out_indices)}')
         if self.test_cfg and self.test_cfg.get('mode') == 'slide':
