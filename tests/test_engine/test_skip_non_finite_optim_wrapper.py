@@ -6,7 +6,7 @@ import torch
 from mmengine.logging import MMLogger
 from mmseg.registry import OPTIM_WRAPPERS
 
-from regproxy.engine import NonFiniteLossHook, SkipNonFiniteOptimWrapper
+from regproxy.engine import NonFiniteLossHook
 
 
 def _wrapper(model=None, **kwargs):
