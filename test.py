@@ -16,19 +16,29 @@ per-class table and the mean metrics.
 import argparse
 import os
 import os.path as osp
+import runpy
 import sys
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
-from mmengine.config import Config, DictAction
-from mmengine.device import get_device
+try:  # a broken install gets a diagnosis instead of a traceback
+    import torch
+    from mmengine.config import Config, DictAction
+    from mmengine.device import get_device
+    from mmseg.datasets import CityscapesDataset
+    from mmseg.registry import DATASETS
 
-from regproxy.utils import (add_common_args, build_runner, check_data_roots,
-                            load_config, log_notes, resolve_paths,
-                            set_work_dir, setup_launcher)
+    from regproxy.datasets import check_data_roots
+    from regproxy.datasets.data_roots import leaf_datasets
+    from regproxy.engine import CheckpointError
+    from regproxy.utils import (DTYPES, add_common_args, build_runner, fail,
+                                load_config, log_notes, resolve_paths,
+                                set_work_dir, setup_launcher)
+except ImportError as error:
+    sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
+                                'check_env.py'))['stack_import_hint'](error))
 
 IOU_METRICS = ('mIoU', 'mDice', 'mFscore')
-DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -57,6 +67,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='checkpoint file (instead of the positional)')
     parser.add_argument(
         '--aug-test',
+        '--tta',
         action='store_true',
         help="multi-scale + flip test: the config's tta_pipeline and "
         'tta_model')
@@ -65,8 +76,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--format-only',
         action='store_true',
-        help='only write the predictions (e.g. for a test server) to --out '
-        '(default <work_dir>/format_results), without evaluating')
+        help='only write the predictions, one label-map PNG per image (for '
+        'a test server, or a test set without labels), to --out (default '
+        '<work_dir>/format_results); no label map is read. Cityscapes '
+        'predictions are written as label ids, as its server expects')
     parser.add_argument(
         '--eval',
         nargs='+',
@@ -99,7 +112,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--tmpdir', help='folder for gathering results on the CPU')
     parser.add_argument(
         '--dtype',
-        choices=DTYPES,
+        choices=list(DTYPES),
         default='float32',
         help='inference precision (autocast); bfloat16 suits the CPU')
     add_common_args(parser)
@@ -123,11 +136,60 @@ def enable_tta(cfg: Config) -> None:
     """
     missing = [k for k in ('tta_pipeline', 'tta_model') if k not in cfg]
     if missing:
-        raise SystemExit(f'--aug-test needs {" and ".join(missing)} in the '
-                         'config')
+        fail(f'--aug-test needs {" and ".join(missing)} in the config')
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model
+
+
+def drop_labels(cfg: Config) -> List[str]:
+    """List only the images of the test datasets (``--format-only``).
+
+    mmseg's ``BaseSegDataset`` gives every image a label-map path when its
+    ``data_prefix`` has a ``seg_map_path``, and ``CheckedLoadAnnotations``
+    loads nothing for an image without one. With the key removed, a folder
+    of images without labels (a benchmark's test split) is predicted as is,
+    and ``check_data_roots`` no longer asks for the label folder, which it
+    still does for every run that scores.
+
+    Args:
+        cfg (Config): config to update in place.
+
+    Returns:
+        list[str]: a note to log.
+    """
+    for dataset in leaf_datasets(cfg.test_dataloader.dataset):
+        prefix = dict(dataset.get('data_prefix') or dict(img_path=''))
+        prefix.pop('seg_map_path', None)
+        dataset.data_prefix = prefix
+    return ['--format-only: the test images are predicted without reading '
+            'label maps.']
+
+
+def reads_cityscapes(cfg: Config) -> bool:
+    """Whether the test set is a ``CityscapesDataset`` (or a subclass)."""
+    for dataset in leaf_datasets(cfg.test_dataloader.dataset):
+        cls = dataset['type']
+        cls = DATASETS.get(cls) if isinstance(cls, str) else cls
+        if isinstance(cls, type) and issubclass(cls, CityscapesDataset):
+            return True
+    return False
+
+
+def cityscapes_format_metric(out: str) -> dict:
+    """mmseg's ``CityscapesMetric`` that only writes ``out``/<image>.png
+    with Cityscapes label ids (its train ids mapped back by
+    cityscapesscripts), as the Cityscapes server expects."""
+    from mmseg.evaluation.metrics import citys_metric
+    if citys_metric.CSLabels is None:
+        fail('--format-only on Cityscapes writes label ids through '
+             "mmseg's CityscapesMetric, which needs cityscapesscripts: pip "
+             'install cityscapesscripts')
+    return dict(
+        type='CityscapesMetric',
+        output_dir=out,
+        format_only=True,
+        keep_results=True)
 
 
 def configure_evaluator(cfg: Config, args: argparse.Namespace) -> List[str]:
@@ -141,8 +203,6 @@ def configure_evaluator(cfg: Config, args: argparse.Namespace) -> List[str]:
         list[str]: notes to log.
     """
     notes = []
-    metrics = cfg.test_evaluator
-    metrics = metrics if isinstance(metrics, list) else [metrics]
     gpu_collect = args.gpu_collect and torch.cuda.is_available() and (
         args.launcher != 'none')
     if args.gpu_collect and not gpu_collect:
@@ -155,10 +215,26 @@ def configure_evaluator(cfg: Config, args: argparse.Namespace) -> List[str]:
         # IoUMetric makes it on rank 0 only; other ranks may write first.
         os.makedirs(out, exist_ok=True)
         notes.append(f'Predicted label maps go to {out}.')
+    metrics = cfg.test_evaluator
+    metrics = metrics if isinstance(metrics, list) else [metrics]
+    if args.format_only and reads_cityscapes(cfg):
+        # IoUMetric would write train ids (0-18); the server reads label ids.
+        metrics = [
+            cityscapes_format_metric(out)
+            if metric['type'] == 'IoUMetric' else metric
+            for metric in metrics
+        ]
+        cfg.test_evaluator = metrics if len(metrics) > 1 else metrics[0]
+        metrics = cfg.test_evaluator  # the config holds copies
+        metrics = metrics if isinstance(metrics, list) else [metrics]
+        notes.append('Cityscapes: label ids are written (CityscapesMetric).')
     for metric in metrics:
         metric.update(args.eval_options or {})
         if gpu_collect:
             metric['collect_device'] = 'gpu'
+        if metric['type'] == 'CityscapesMetric' and out is not None:
+            metric.update(output_dir=out, keep_results=True)
+            metric['format_only'] = args.format_only
         if metric['type'] != 'IoUMetric':
             continue
         if args.eval:
@@ -200,9 +276,12 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
     cfg = load_config(args.config, args.options, args.cfg_options)
     set_work_dir(cfg, args.work_dir, args.config)
     cfg.load_from = args.checkpoint
+    if args.trust_checkpoint:
+        cfg.trust_checkpoint = True
     if args.aug_test:
         enable_tta(cfg)
-    notes = configure_evaluator(cfg, args) + set_precision(cfg, args.dtype)
+    notes = drop_labels(cfg) if args.format_only else []
+    notes += configure_evaluator(cfg, args) + set_precision(cfg, args.dtype)
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.opacity is not None:
@@ -221,7 +300,7 @@ def set_precision(cfg: Config, dtype: str) -> List[str]:
 
     Args:
         cfg (Config): config to update in place.
-        dtype (str): one of :data:`DTYPES`.
+        dtype (str): a key of :data:`regproxy.utils.DTYPES`.
 
     Returns:
         list[str]: a note to log, or nothing for float32.
@@ -229,8 +308,7 @@ def set_precision(cfg: Config, dtype: str) -> List[str]:
     if dtype == 'float32':
         return []
     if get_device() == 'cpu' and dtype != 'bfloat16':
-        sys.exit(f'error: --dtype {dtype} needs a GPU; on the CPU use '
-                 'bfloat16')
+        fail(f'--dtype {dtype} needs a GPU; on the CPU use bfloat16')
     cfg.test_cfg = dict(cfg.get('test_cfg') or dict(type='TestLoop'),
                         fp16=True)
     return [f'Inference under {dtype} autocast.']
@@ -249,12 +327,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     # mmengine reads the local rank from the environment.
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
-        sys.exit(f'error: checkpoint {args.checkpoint} does not exist')
+        fail(f'checkpoint {args.checkpoint} does not exist')
     cfg, notes = prepare_config(args)
     try:
         check_data_roots(cfg, ('test_dataloader', ))
     except FileNotFoundError as err:
-        sys.exit(f'error: {err}')
+        fail(str(err))
     notes += setup_launcher(cfg, args.launcher)
     runner = build_runner(cfg)
     if args.tmpdir:
@@ -263,8 +341,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
             metric.collect_dir = args.tmpdir
     log_notes(runner, notes)
     if args.dtype != 'float32' and get_device() != 'cpu':
-        torch.set_autocast_dtype(get_device(), getattr(torch, args.dtype))
-    return runner.test()
+        torch.set_autocast_dtype(get_device(), DTYPES[args.dtype])
+    try:
+        return runner.test()
+    except CheckpointError as err:
+        fail(str(err))
 
 
 if __name__ == '__main__':

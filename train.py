@@ -9,22 +9,49 @@ Several processes (GPUs, or CPU processes on gloo when there is no GPU)::
     torchrun --nproc_per_node=8 train.py CONFIG --launcher pytorch
     tools/dist_train.sh CONFIG 8
 
+Fewer GPUs than the recipe's 8: the log compares the total batch with the
+recipe's; ``--accumulate auto`` keeps it by gradient accumulation,
+``--auto-scale-lr`` scales the learning rate to it instead, and
+``--with-cp`` trades compute for activation memory.
+
 The original release's ``--config CONFIG`` and ``--options k=v`` spellings
 are accepted too.
 """
 import argparse
+import inspect
 import os
+import runpy
 import sys
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import torch
-from mmengine.config import Config
+try:  # a broken install gets a diagnosis instead of a traceback
+    import torch
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
 
-from regproxy.utils import (add_common_args, build_runner, check_data_roots,
-                            load_config, log_notes, resolve_paths,
-                            set_work_dir, setup_launcher)
+    from regproxy.datasets import check_data_roots
+    from regproxy.engine import CheckpointError
+    from regproxy.utils import (add_common_args, build_runner, fail,
+                                launcher_world_size, load_config, log_notes,
+                                plan_total_batch, resolve_paths,
+                                set_work_dir, setup_launcher)
+    from regproxy.utils.profiling import cpu_has_bf16
+except ImportError as error:
+    sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
+                                'check_env.py'))['stack_import_hint'](error))
 
 _AMP_WRAPPERS = ('AmpOptimWrapper', 'AutocastOptimWrapper')
+
+
+def _accumulate(value: str):
+    """``--accumulate``: 'auto' or a whole number >= 1."""
+    if value == 'auto':
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(
+            f'expected auto or a whole number >= 1, got {value!r}')
+    return int(value)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -54,8 +81,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     checkpoint.add_argument(
         '--resume',
         action='store_true',
-        help='resume from the latest checkpoint in the work dir (start '
-        'afresh when there is none)')
+        help='resume from the newest readable iter_*.pth in the work dir '
+        '(start afresh when there is none)')
     parser.add_argument(
         '--no-validate',
         action='store_true',
@@ -74,6 +101,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         action='store_true',
         help='mixed precision: float16 with dynamic loss scaling on CUDA, '
         'bfloat16 on the CPU')
+    parser.add_argument(
+        '--accumulate',
+        type=_accumulate,
+        metavar='auto|K',
+        help='gradient accumulation over K micro-batches per optimizer step '
+        "(auto: the recipe's total batch / processes x batch_size); "
+        'max_iters, schedules and intervals count optimizer steps')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the learning rate linearly to the total batch against '
+        "the recipe's (auto_scale_lr.base_batch_size)")
+    parser.add_argument(
+        '--with-cp',
+        action='store_true',
+        help='activation checkpointing in the backbone: less memory, about '
+        'a third more compute per step')
     add_common_args(parser)
     args = parser.parse_args(argv)
     resolve_paths(parser, args, ['config'])
@@ -94,8 +138,8 @@ def enable_amp(cfg: Config) -> str:
     if current in _AMP_WRAPPERS:
         return f'--amp: the config already uses {current}.'
     if current != 'OptimWrapper':
-        raise SystemExit(f'--amp needs optim_wrapper.type OptimWrapper, '
-                         f'the config has {current}')
+        fail(f'--amp needs optim_wrapper.type OptimWrapper, the config has '
+             f'{current}')
     if torch.cuda.is_available():
         wrapper.update(type='AmpOptimWrapper', loss_scale='dynamic')
         return 'AMP: float16 autocast with dynamic loss scaling.'
@@ -119,6 +163,8 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
     if args.gpus is not None:
         notes.append(f'--gpus {args.gpus} is ignored: start one process per '
                      'device with --launcher (see tools/dist_train.sh).')
+    if args.trust_checkpoint:
+        cfg.trust_checkpoint = True
     if args.load_from:
         cfg.load_from = args.load_from
     if args.resume_from:
@@ -137,7 +183,39 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
         cfg.randomness = randomness
     if args.amp:
         notes.append(enable_amp(cfg))
+    if args.with_cp:
+        notes.append(enable_with_cp(cfg))
     return cfg, notes
+
+
+def enable_with_cp(cfg: Config) -> str:
+    """Turn on the backbone's activation checkpointing (``with_cp``).
+
+    Args:
+        cfg (Config): config to update in place.
+
+    Returns:
+        str: a note to log.
+    """
+    backbone = cfg.model.backbone
+    cls = MODELS.get(backbone.type) if isinstance(backbone.type,
+                                                  str) else backbone.type
+    if cls is None or 'with_cp' not in inspect.signature(cls).parameters:
+        fail(f'--with-cp: the backbone {backbone.type} has no with_cp '
+             'argument')
+    backbone.with_cp = True
+    return ('Activation checkpointing (--with-cp): backbone layers are '
+            'recomputed in backward.')
+
+
+def amp_warning() -> Optional[str]:
+    """Why ``--amp`` slows training down on this machine, if it does."""
+    if torch.cuda.is_available() or cpu_has_bf16():
+        return None
+    return ('--amp on a CPU without bfloat16 instructions (AVX512-BF16 or '
+            'AMX): torch emulates bfloat16, and a training step is about 8.5x '
+            "slower than in float32 (measured on this project's 2-core AMD "
+            'EPYC test machine). Train without --amp here.')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -153,11 +231,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
     except FileNotFoundError as err:
-        sys.exit(f'error: {err}')
+        fail(str(err))
     notes += setup_launcher(cfg, args.launcher)
+    try:
+        batch_notes, warnings = plan_total_batch(
+            cfg, launcher_world_size(args.launcher), args.accumulate,
+            args.auto_scale_lr)
+    except ValueError as err:
+        fail(str(err))
+    if args.amp and amp_warning():
+        warnings.append(amp_warning())
     runner = build_runner(cfg)
-    log_notes(runner, notes)
-    runner.train()
+    log_notes(runner, notes + batch_notes)
+    for warning in warnings:
+        runner.logger.warning(warning)
+    try:
+        runner.train()
+    except CheckpointError as err:
+        fail(str(err))
 
 
 if __name__ == '__main__':

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.dataset import Compose, pseudo_collate
+from mmengine.model import revert_sync_batchnorm
 from mmseg.apis import inference_model, init_model
 
 import regproxy  # noqa: F401 registers the RegionProxy modules
-from regproxy.engine import load_segmentor_checkpoint
-from regproxy.models.utils import sync_bn_to_bn
-
-DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
+from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
+                             trusted_checkpoints)
+from regproxy.utils import DTYPES, add_trust_checkpoint_arg, fail
 OUTLINE_COLOR = (255, 255, 0)  # RGB yellow: visible on most photos
 
 
@@ -143,12 +143,14 @@ def run_demo(image_path: str,
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    sync_bn_to_bn(cfg.model)  # SyncBN would need a process group
-    model = init_model(cfg, device=device)
-    # The project's loader reads whole training checkpoints (mmengine's
-    # torch.load(weights_only=True) refuses them) and released ones.
+    # SyncBN would need a process group
+    model = revert_sync_batchnorm(init_model(cfg, device=device))
+    # Read safely, with errors that name the file and mismatched keys.
     meta = load_segmentor_checkpoint(model, checkpoint).get('meta', {})
     model.dataset_meta = meta.get('dataset_meta') or {}
+    if not model.dataset_meta and 'CLASSES' in meta:  # mmseg 0.x checkpoint
+        model.dataset_meta = dict(
+            classes=meta['CLASSES'], palette=meta.get('PALETTE'))
     torch_dtype = DTYPES[dtype]
     with torch.autocast(
             torch.device(device).type,
@@ -197,14 +199,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out', required=True, help='output directory')
     parser.add_argument(
         '--device', default='cuda:0' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
-                        help='autocast precision of the forward passes')
+    parser.add_argument('--dtype', choices=list(DTYPES), default='float32',
+                        help='autocast precision of the forward passes '
+                        '(float16 needs a GPU)')
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='weight of the class colours, in (0, 1]')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='config overrides, e.g. test_pipeline.1.scale="(512,256)"')
+    add_trust_checkpoint_arg(parser)
     args = parser.parse_args(argv)
+    if args.dtype == 'float16' and not args.device.startswith('cuda'):
+        parser.error('--dtype float16 needs a GPU; on the CPU use bfloat16')
     if not 0 < args.opacity <= 1:
         parser.error(f'--opacity must be in (0, 1], got {args.opacity}')
     return args
@@ -212,8 +218,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     args = parse_args(argv)
-    paths = run_demo(args.image, args.config, args.checkpoint, args.out,
-                     args.device, args.dtype, args.opacity, args.cfg_options)
+    with trusted_checkpoints(args.trust_checkpoint):
+        try:
+            paths = run_demo(args.image, args.config, args.checkpoint,
+                             args.out, args.device, args.dtype, args.opacity,
+                             args.cfg_options)
+        except CheckpointError as error:
+            fail(str(error))
     for path in paths:
         print(path)
     return paths

@@ -1,8 +1,11 @@
 default_scope = 'mmseg'
-# Checked checkpoint loading (regproxy/engine/runner.py); load_strict=False
-# loads the matching part of a checkpoint of another model.
+# Safe, checked checkpoint loading (regproxy/engine/runner.py).
 runner_type = 'RegProxyRunner'
+# False loads the matching part of a checkpoint of another model.
 load_strict = True
+# True unpickles checkpoint files in full (may run code from the file): only
+# for files from a trusted source that need more than weights.
+trust_checkpoint = False
 custom_imports = dict(imports=['regproxy'], allow_failed_imports=False)
 env_cfg = dict(
     cudnn_benchmark=True,
@@ -22,4 +25,6 @@ custom_hooks = [
     dict(type='NonFiniteLossHook'),
     # random states in checkpoints: a resumed run continues identically
     dict(type='RNGStateHook'),
+    # checkpoints that torch.load(weights_only=True) reads without help
+    dict(type='WeightsOnlyCheckpointHook'),
 ]

@@ -1,7 +1,8 @@
+from .data_roots import check_data_roots
 from .shapes import ShapesDataset, generate_shapes_dataset
 from .transforms import CheckedLoadAnnotations, CheckedLoadImageFromFile
 
 __all__ = [
     'CheckedLoadAnnotations', 'CheckedLoadImageFromFile', 'ShapesDataset',
-    'generate_shapes_dataset'
+    'check_data_roots', 'generate_shapes_dataset'
 ]

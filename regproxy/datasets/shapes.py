@@ -2,9 +2,14 @@
 
 Photo-like scenes (gradient and textured backgrounds, clutter, soft shadows,
 shading, sensor noise, JPEG artefacts) with partly overlapping objects of
-seven classes, each with its own shape and material. It gives the RegionProxy
-configs a dataset that needs no download and that a small ViT trained from
-scratch learns within minutes on a CPU: the project's end-to-end smoke test.
+seven classes. A class is its silhouette and its texture pattern only: every
+surface (each object's two tones, the background's gradient, the clutter)
+draws its hue, saturation and brightness from one distribution, whatever its
+class, so colour says nothing about the class (a per-pixel colour lookup
+scores about 10 mIoU; see ``tools/analysis/colour_baseline.py``). It gives the
+RegionProxy configs a dataset that needs no download and that a small ViT
+trained from scratch learns within minutes on a CPU: the project's end-to-end
+smoke test.
 
 Layout (as ADE20K's)::
 
@@ -25,6 +30,8 @@ import numpy as np
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
+from .data_roots import generates_data_at
+
 __all__ = ['ShapesDataset', 'generate_shapes_dataset']
 
 CLASSES = ('background', 'circle', 'rectangle', 'triangle', 'ellipse', 'star',
@@ -32,16 +39,19 @@ CLASSES = ('background', 'circle', 'rectangle', 'triangle', 'ellipse', 'star',
 PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25],
            [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]]
 IGNORE_INDEX = 255
+# Where ShapesDataset writes the data when it is missing (relative to the
+# working directory); the data_root of configs/_base_/datasets/shapes.py.
+DEFAULT_ROOT = 'data/shapes'
 SPLITS = ('training', 'validation')
 SIDES = (96, 112, 128, 144, 160)  # image heights and widths, drawn apart
 MAX_OBJECTS = 5  # per image, at least one
 RADIUS = (0.15, 0.32)  # object size, as a fraction of the short image side
-# Each object class has a material, a hue and a two-tone texture, as grass is
-# green and bladed; objects vary in hue within the class's band, saturation,
-# brightness, texture scale and orientation, and shading. A small ViT trained
-# from scratch for minutes learns materials, not silhouettes: with materials
-# that do not identify the class, it stays far below 85 mIoU.
-HUE_JITTER = 15.  # degrees; the classes' hues are 51 degrees apart
+# Hue, saturation and brightness (HSV value) of every surface, drawn
+# independently of the class. The second tone of an object's texture differs
+# from the first mostly in brightness, so that the pattern shows.
+SATURATION = (0., 1.)
+VALUE = (0.2, 1.)
+TONE_STEP = (0.25, 0.4)  # brightness difference between the two tones
 
 
 def _color(rng: np.random.Generator,
@@ -52,6 +62,24 @@ def _color(rng: np.random.Generator,
     hsv = np.array([[[hue % 360, rng.uniform(*saturation),
                       rng.uniform(*value)]]], np.float32)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0] * 255
+
+
+def _surface_color(rng: np.random.Generator) -> np.ndarray:
+    """A BGR colour from the one distribution that all surfaces share."""
+    return _color(rng, rng.uniform(0, 360), SATURATION, VALUE)
+
+
+def _two_tones(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Two BGR colours of one object: a random tone and one that differs
+    mostly in brightness (and a little in hue)."""
+    hue = rng.uniform(0, 360)
+    saturation = rng.uniform(*SATURATION)
+    value = rng.uniform(*VALUE)
+    tone = _color(rng, hue, (saturation, saturation), (value, value))
+    value += rng.uniform(*TONE_STEP) * (-1 if value > 0.6 else 1)
+    other = _color(rng, hue + rng.uniform(-20, 20), (saturation, saturation),
+                   (value, value))
+    return tone, other
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int,
@@ -70,10 +98,9 @@ def _ramp(h: int, w: int, angle: float) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Muted two-colour gradient with blotches, an optional texture and
-    clutter (lines, dots, scribbles) that belongs to the background class."""
-    c0 = _color(rng, rng.uniform(0, 360), (0., 0.6), (0.2, 0.9))
-    c1 = _color(rng, rng.uniform(0, 360), (0., 0.6), (0.2, 0.9))
+    """Two-colour gradient with blotches, an optional texture and clutter
+    (lines, dots, scribbles) that belongs to the background class."""
+    c0, c1 = _surface_color(rng), _surface_color(rng)
     t = _ramp(h, w, rng.uniform(0, 2 * np.pi))[..., None]
     img = c0 * (1 - t) + c1 * t
     # Blotches mostly in brightness, a little in colour.
@@ -89,7 +116,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     elif texture == 2:  # fine grain, as on sand or carpet
         img += rng.uniform(6, 18) * rng.standard_normal((h, w, 1), np.float32)
     for _ in range(rng.integers(2, 10)):
-        color = _color(rng, rng.uniform(0, 360), (0., 1.), (0., 1.)).tolist()
+        color = _surface_color(rng).tolist()
         p = rng.uniform((0, 0), (w, h)).astype(np.int32)
         kind = rng.integers(3)
         if kind == 0:
@@ -194,14 +221,7 @@ def _paint_object(rng: np.random.Generator, img: np.ndarray, cls: int,
         shadow = cv2.GaussianBlur(
             cv2.warpAffine(mask, shift, (w, h)), (0, 0), 2.)
         window *= 1 - rng.uniform(0.2, 0.45) * shadow[..., None]
-    hue = 360 * (cls - 1) / (len(CLASSES) - 1) + rng.uniform(
-        -HUE_JITTER, HUE_JITTER)
-    value = rng.uniform(0.35, 1.)
-    tone = _color(rng, hue, (0.4, 1.), (value, value))
-    # The second tone differs mostly in brightness, so the texture shows.
-    value += rng.uniform(0.25, 0.4) * (-1 if value > 0.65 else 1)
-    other = _color(rng, hue + rng.uniform(-20, 20), (0.4, 1.),
-                   (value, value))
+    tone, other = _two_tones(rng)
     weight = _texture(rng, cls - 1, h, w)[..., None]
     paint = tone * (1 - weight) + other * weight
     # Light falls from one side; blotches mimic material texture.
@@ -323,20 +343,35 @@ def generate_shapes_dataset(root: str,
 class ShapesDataset(BaseSegDataset):
     """The synthetic shapes dataset (8 classes, background included).
 
-    When ``data_root`` does not exist, the dataset is generated there with
-    :func:`generate_shapes_dataset` on first use. Processes that start at
-    the same time (distributed ranks) may all generate it; the atomic rename
-    lets one copy win and the others use it.
+    When ``data_root`` is :data:`DEFAULT_ROOT` and does not exist, the
+    dataset is generated there with :func:`generate_shapes_dataset` on first
+    use. Anywhere else a missing ``data_root`` is an error, as for any
+    dataset: a mistyped path should not get a fresh dataset. Processes that
+    start at the same time (distributed ranks) may all generate it; the
+    atomic rename lets one copy win and the others use it.
 
     ``BaseSegDataset``'s defaults fit as they are: '.jpg' images, '.png'
     labels, ``reduce_zero_label=False`` (background is a class here).
     """
     METAINFO = dict(classes=CLASSES, palette=PALETTE)
-    generates_data = True  # train.py/test.py need not check data_root
+    # train.py/test.py let data_root be missing here only (check_data_roots)
+    generated_root = DEFAULT_ROOT
 
     def load_data_list(self) -> list:
-        """Generate the data if missing, then list it as mmseg does."""
+        """Generate the data if missing at the default root, then list it as
+        mmseg does.
+
+        Raises:
+            FileNotFoundError: ``data_root`` is missing and not the default.
+        """
         if self.data_root and not osp.isdir(self.data_root):
+            if not generates_data_at(type(self), self.data_root):
+                raise FileNotFoundError(
+                    f"ShapesDataset: data_root '{self.data_root}' does not "
+                    f"exist; the dataset is generated on first use only at "
+                    f"'{DEFAULT_ROOT}' (relative to the working directory). "
+                    'To create it elsewhere, call regproxy.datasets.'
+                    'generate_shapes_dataset(PATH) first.')
             try:
                 generate_shapes_dataset(self.data_root)
             except FileExistsError:

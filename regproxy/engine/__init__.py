@@ -1,16 +1,20 @@
+from .accumulating_train_loop import AccumulatingTrainLoop
 from .atomic_local_backend import AtomicLocalBackend
 from .autocast_optim_wrapper import AutocastOptimWrapper
-from .checkpoint_io import atomic_save
-from .checkpoint_loader import (CheckpointError, load_segmentor_checkpoint,
-                                read_checkpoint)
+from .checkpoint import (SAFE_GLOBALS, CheckpointError, load_checkpoint_file,
+                         load_segmentor_checkpoint, load_weights,
+                         save_checkpoint_file, trusted_checkpoints)
 from .non_finite_loss_hook import NonFiniteLossHook
 from .rng_state_hook import RNGStateHook
+from .runner import RegProxyRunner, find_resumable_checkpoints
 from .skip_non_finite_optim_wrapper import SkipNonFiniteOptimWrapper
-from .runner import RegProxyRunner
+from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
 
 __all__ = [
-    'AtomicLocalBackend', 'AutocastOptimWrapper', 'atomic_save',
-    'CheckpointError', 'load_segmentor_checkpoint', 'read_checkpoint',
-    'NonFiniteLossHook', 'RegProxyRunner', 'RNGStateHook',
-    'SkipNonFiniteOptimWrapper'
+    'AccumulatingTrainLoop', 'AtomicLocalBackend', 'AutocastOptimWrapper', 'SAFE_GLOBALS',
+    'CheckpointError', 'load_checkpoint_file', 'load_segmentor_checkpoint',
+    'load_weights', 'save_checkpoint_file', 'trusted_checkpoints',
+    'NonFiniteLossHook', 'RNGStateHook', 'RegProxyRunner',
+    'find_resumable_checkpoints', 'SkipNonFiniteOptimWrapper',
+    'WeightsOnlyCheckpointHook'
 ]

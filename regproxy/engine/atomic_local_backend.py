@@ -1,29 +1,49 @@
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
+__all__ = ['AtomicLocalBackend']
+
+
+def _new_file_mode() -> int:
+    """Mode that ``open(path, 'w')`` would give a new file (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
 
 class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend with atomic writes.
 
-    Checkpoints (and every other file mmengine writes through its file
-    backend) go to a temporary file in the target folder and are renamed into
+    Each file goes to a temporary file beside the target and is renamed into
     place once complete, so a run killed mid-write keeps the previous good
-    checkpoint instead of leaving a truncated one under the final name.
+    checkpoint instead of leaving a truncated one under the final name. As a
+    plain write would, it writes through a symbolic link to its target, keeps
+    an existing file's permissions and gives a new file the umask's.
+
+    Registered under its own name: configs select it for checkpoints with
+    ``default_hooks.checkpoint.backend_args = dict(backend='atomic_local')``;
+    mmengine's ``local`` backend is left as it is.
     """
 
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
-        filepath = Path(filepath)
+        filepath = Path(os.path.realpath(filepath))
         filepath.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            mode = stat.S_IMODE(filepath.stat().st_mode)
+        except FileNotFoundError:
+            mode = _new_file_mode()
         fd, tmp = tempfile.mkstemp(
             dir=filepath.parent, prefix=f'.{filepath.name}.', suffix='.tmp')
         try:
             with os.fdopen(fd, 'wb') as f:
                 f.write(obj)
                 f.flush()
+                os.fchmod(f.fileno(), mode)
                 os.fsync(f.fileno())
             os.replace(tmp, filepath)
         except BaseException:
@@ -37,5 +57,4 @@ class AtomicLocalBackend(LocalBackend):
         self.put(obj.encode(encoding), filepath)
 
 
-# Local paths have no URI prefix; replace mmengine's backend for them.
-register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+register_backend('atomic_local', AtomicLocalBackend, force=True)

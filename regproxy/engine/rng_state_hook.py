@@ -5,6 +5,8 @@ import torch
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
+__all__ = ['RNGStateHook']
+
 
 @HOOKS.register_module()
 class RNGStateHook(Hook):
@@ -12,14 +14,18 @@ class RNGStateHook(Hook):
     on resume, so a resumed run draws the same drop-path masks (and any other
     main-process randomness) as an uninterrupted one.
 
-    Data augmentation runs in dataloader workers, whose generators are seeded
-    per worker and replayed by the loop's skip over finished iterations.
+    The states are stored as tensors and Python numbers, which load with
+    ``torch.load(weights_only=True)``. Data augmentation runs in dataloader
+    workers, whose generators are seeded per worker and replayed by the
+    loop's skip over finished iterations.
     """
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
         state = dict(
             python=random.getstate(),
-            numpy=np.random.get_state(),
+            numpy=(kind, torch.from_numpy(keys.astype(np.int64)), pos,
+                   has_gauss, cached_gaussian),
             torch=torch.get_rng_state())
         if torch.cuda.is_available():
             state['cuda'] = torch.cuda.get_rng_state_all()
@@ -30,7 +36,9 @@ class RNGStateHook(Hook):
         if state is None or not getattr(runner, '_resume', False):
             return  # loading weights to start a new run keeps its own seed
         random.setstate(state['python'])
-        np.random.set_state(state['numpy'])
+        kind, keys, pos, has_gauss, cached_gaussian = state['numpy']
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos,
+                             has_gauss, cached_gaussian))
         torch.set_rng_state(state['torch'])
         if 'cuda' in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state['cuda'])

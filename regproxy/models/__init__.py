@@ -1,5 +1,8 @@
-from .backbones import RegionProxyViT
+from .backbones import RegionProxyViT, TimmRegionProxyViT
 from .decode_heads import ProxyHead
 from .segmentors import PaddedSlideEncoderDecoder
 
-__all__ = ['RegionProxyViT', 'ProxyHead', 'PaddedSlideEncoderDecoder']
+__all__ = [
+    'RegionProxyViT', 'TimmRegionProxyViT', 'ProxyHead',
+    'PaddedSlideEncoderDecoder'
+]

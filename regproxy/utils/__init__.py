@@ -1,10 +1,13 @@
 from .allocator import keep_freed_memory
-from .launch import (LAUNCHERS, add_common_args, build_runner,
-                     check_data_roots, load_config, log_notes, resolve_paths,
-                     set_work_dir, setup_launcher)
+from .cli import (DTYPES, add_common_args, add_trust_checkpoint_arg,
+                  build_runner, fail, load_config, log_notes, resolve_paths,
+                  set_work_dir)
+from .distributed import LAUNCHERS, setup_launcher
+from .total_batch import launcher_world_size, plan_total_batch
 
 __all__ = [
-    'LAUNCHERS', 'add_common_args', 'build_runner', 'check_data_roots',
-    'keep_freed_memory', 'load_config', 'log_notes', 'resolve_paths',
-    'set_work_dir', 'setup_launcher'
+    'DTYPES', 'LAUNCHERS', 'add_common_args', 'add_trust_checkpoint_arg',
+    'build_runner', 'fail', 'keep_freed_memory', 'load_config', 'log_notes',
+    'resolve_paths', 'set_work_dir', 'setup_launcher', 'launcher_world_size',
+    'plan_total_batch'
 ]

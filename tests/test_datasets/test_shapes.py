@@ -126,9 +126,9 @@ def test_generated_on_first_use(tmp_path, monkeypatch):
     monkeypatch.setattr(
         shapes, 'generate_shapes_dataset',
         functools.partial(generate_shapes_dataset, num_train=2, num_val=1))
-    root = str(tmp_path / 'shapes')
+    monkeypatch.chdir(tmp_path)  # generated only at the default root
     dataset = ShapesDataset(
-        data_root=root,
+        data_root=shapes.DEFAULT_ROOT,
         data_prefix=dict(
             img_path='images/validation',
             seg_map_path='annotations/validation'))
@@ -136,4 +136,13 @@ def test_generated_on_first_use(tmp_path, monkeypatch):
     assert dataset.metainfo['classes'] == shapes.CLASSES
     assert len(dataset.metainfo['palette']) == len(shapes.CLASSES)
     assert not dataset.metainfo['reduce_zero_label']
-    assert ShapesDataset.generates_data
+    assert (tmp_path / 'data' / 'shapes' / 'images' / 'training').is_dir()
+
+
+def test_base_config_root_is_where_data_is_generated():
+    cfg = Config.fromfile(
+        osp.join(osp.dirname(CONFIG), '..', '_base_', 'datasets',
+                 'shapes.py'))
+    assert cfg.data_root == shapes.DEFAULT_ROOT
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[loader].dataset.data_root == shapes.DEFAULT_ROOT

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from mmengine.config import ConfigDict
 from mmseg.registry import MODELS
 
+from tests.tiny_models import tiny_segmentor
+
 NUM_CLASSES = 5
 
 
@@ -42,12 +44,8 @@ def build_segmentor(backbone, decode_head, test_cfg):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_segmentor(mode):
-    return build_segmentor(
-        dict(img_size=64, embed_dims=32, num_layers=2, num_heads=2,
-             out_indices=(0, 1)),
-        dict(in_channels=(32, 32), channels=16, num_classes=NUM_CLASSES),
-        dict(mode=mode, crop_size=(64, 64), stride=(48, 48)))
+def cached_segmentor(mode):
+    return tiny_segmentor(num_classes=NUM_CLASSES, mode=mode)
 
 
 def segment(model, size):
@@ -66,7 +64,7 @@ sides = st.one_of(st.integers(1, 300), st.sampled_from([1, 2, 299, 300]))
 @example(height=300, width=1)
 def test_whole_inference_any_size(height, width):
     """Whole inference returns finite logits of the input's size."""
-    logits = segment(tiny_segmentor('whole'), (height, width))
+    logits = segment(cached_segmentor('whole'), (height, width))
     assert logits.shape == (1, NUM_CLASSES, height, width)
     assert torch.isfinite(logits).all()
 
@@ -87,7 +85,7 @@ def windows(draw):
 def test_slide_inference_any_size(height, width, window):
     """Slide inference returns finite logits of the input's size for any
     crop and stride <= crop."""
-    model = tiny_segmentor('slide')
+    model = cached_segmentor('slide')
     model.test_cfg.crop_size, model.test_cfg.stride = window
     logits = segment(model, (height, width))
     assert logits.shape == (1, NUM_CLASSES, height, width)

@@ -49,8 +49,10 @@ def _load_tool(relative: str):
 
 
 benchmark = _load_tool('tools/analysis/benchmark.py')
+head_memory = _load_tool('tools/analysis/head_memory.py')
 demo = _load_tool('tools/demo.py')
 pytorch2onnx = _load_tool('tools/deployment/pytorch2onnx.py')
+vit2regproxy = _load_tool('tools/model_converters/vit2regproxy.py')
 
 
 @pytest.fixture(scope='module')
@@ -110,16 +112,6 @@ def test_both_paths_share_weights_and_logits(tiny):
     assert diff <= 1e-5 * scale
 
 
-def test_peak_memory_sees_a_known_allocation():
-    size = 64 * 2**20
-
-    def step():
-        torch.ones(size // 4, dtype=torch.float32)  # touched, then freed
-
-    peak = benchmark.peak_memory(step, 2, torch.device('cpu'))
-    assert 0.9 * size < peak < 1.3 * size
-
-
 def test_benchmark_prints_both_paths_and_ratios(tiny, capsys):
     common = ['--iters', '1', '--warmup', '0', '--dtypes', 'float32']
     benchmark.main([tiny[0], tiny[1], '--shape', '64', '96', *common])
@@ -130,12 +122,16 @@ def test_benchmark_prints_both_paths_and_ratios(tiny, capsys):
                          out)
     assert re.search(r'infer +float32 +speed x[\d.]+ +memory x[\d.]+', out)
 
-    benchmark.main([tiny[0], '--head-memory', '--shape', '64', '64',
-                    *common])
+
+def test_head_memory_prints_both_forms(tiny, capsys):
+    head_memory.main([tiny[0], '--shape', '64', '64', '--iters', '1',
+                      '--warmup', '0', '--train'])
     out = capsys.readouterr().out
     assert 'K=4' in out
-    for path in benchmark.PATHS:
-        assert re.search(rf'4x4 +infer +float32 +{path}( +[\d.]+){{4}}', out)
+    for mode in ('infer', 'train'):
+        for path in head_memory.PATHS:
+            assert re.search(
+                rf'4x4 +{mode} +float32 +{path}( +[\d.]+){{4}}', out)
 
 
 # -------------------------------------------------------------------- demo
@@ -201,3 +197,57 @@ def test_onnx_export_matches_pytorch(tiny, tmp_path, capsys):
     assert len(re.findall(r'max \|onnxruntime - pytorch\|', printed)) == 3
     assert 'input 2x3x73x59' in printed
     assert 'input 1x3x80x80' in printed
+
+
+# ------------------------------------------------- crafted checkpoint files
+
+
+@pytest.fixture()
+def crafted(tiny, tmp_path):
+    """(checkpoint that creates ``marker`` when unpickled, marker)."""
+    from tests.test_engine.test_checkpoint import WritesMarker
+    marker = tmp_path / 'marker'
+    content = torch.load(tiny[1], weights_only=True)
+    content['meta']['note'] = WritesMarker(marker)
+    path = tmp_path / 'downloaded.pth'
+    torch.save(content, path)
+    return path, marker
+
+
+def test_tools_refuse_crafted_checkpoints(tiny, crafted, tmp_path):
+    path, marker = crafted
+    image = tmp_path / 'image.png'
+    cv2.imwrite(str(image), np.zeros((32, 48, 3), np.uint8))
+    runs = [
+        lambda: demo.main([str(image), tiny[0], str(path), '--out',
+                           str(tmp_path / 'demo'), '--device', 'cpu']),
+        lambda: pytorch2onnx.main([tiny[0], str(path), '--out',
+                                   str(tmp_path / 'm.onnx')]),
+        lambda: benchmark.main([tiny[0], str(path), '--iters', '1',
+                                '--dtypes', 'float32']),
+        lambda: vit2regproxy.main([str(path), str(tmp_path / 'c.pth'),
+                                   '--config', tiny[0]]),
+    ]
+    for run in runs:
+        with pytest.raises(SystemExit) as error:
+            run()
+        assert 'downloaded.pth' in str(error.value)
+        assert 'io.open' in str(error.value)
+        assert '--trust-checkpoint' in str(error.value)
+        assert not marker.exists()
+    demo.main([str(image), tiny[0], str(path), '--out',
+               str(tmp_path / 'demo'), '--device', 'cpu',
+               '--trust-checkpoint'])
+    assert marker.exists()
+
+
+def test_backbone_pretrained_refuses_crafted_file(tiny, crafted):
+    from regproxy.engine import CheckpointError
+    from regproxy.models.backbones import RegionProxyViT
+    path, marker = crafted
+    backbone = RegionProxyViT(img_size=64, embed_dims=32, num_layers=2,
+                              num_heads=2, out_indices=(0, 1),
+                              pretrained=str(path))
+    with pytest.raises(CheckpointError, match='io.open'):
+        backbone.init_weights()
+    assert not marker.exists()

@@ -9,18 +9,22 @@ import itertools
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+import torch
 from mmengine.config import Config
-from mmseg.datasets import BaseSegDataset
-from mmseg.registry import DATASETS
+from mmseg.apis import MMSegInferencer, inference_model, init_model
 
-from regproxy.datasets import generate_shapes_dataset
-from regproxy.utils import check_data_roots, load_config
+from regproxy.datasets import ShapesDataset, generate_shapes_dataset
+from regproxy.utils import load_config
+from tests.test_engine.test_checkpoint import WritesMarker
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / 'configs' / '_base_'
@@ -49,13 +53,13 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(128, 64), keep_ratio=True),
     dict(type='CheckedLoadAnnotations', num_classes=8),
     dict(type='PackSegInputs')
 ]
 tta_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(type='TestTimeAug', transforms=[
         [dict(type='Resize', scale=(96, 48), keep_ratio=True),
          dict(type='Resize', scale=(128, 64), keep_ratio=True)],
@@ -138,6 +142,10 @@ def _run(args, timeout=240) -> str:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
     return output
+
+
+def cv2_shape(path: Path) -> tuple:
+    return cv2.imread(str(path)).shape[:2]
 
 
 def _json_lines(work_dir: Path, pattern: str) -> list:
@@ -250,45 +258,6 @@ def test_train_rejects_two_resume_sources():
 
 
 # Missing data -----------------------------------------------------------
-
-
-def test_missing_ade20k_root_names_path_and_preparation(tmp_path):
-    cfg = Config.fromfile(BASE / 'datasets' / 'ade20k.py')
-    missing = tmp_path / 'nowhere' / 'ADEChallengeData2016'
-    cfg.merge_from_dict({'train_dataloader.dataset.data_root': str(missing)})
-    with pytest.raises(FileNotFoundError) as err:
-        check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
-    message = str(err.value)
-    assert str(missing) in message and 'train_dataloader' in message
-    assert 'Preparing datasets' in message and 'data/ade/' in message
-
-
-def test_unconverted_cityscapes_names_the_converter(tmp_path):
-    cfg = Config.fromfile(BASE / 'datasets' / 'cityscapes_768x768.py')
-    for folder in ('leftImg8bit/val/city', 'gtFine/val/city'):
-        (tmp_path / folder).mkdir(parents=True)
-    (tmp_path / 'gtFine/val/city/a_gtFine_labelIds.png').touch()
-    cfg.merge_from_dict({'test_dataloader.dataset.data_root': str(tmp_path)})
-    with pytest.raises(FileNotFoundError) as err:
-        check_data_roots(cfg, ('test_dataloader', ))
-    message = str(err.value)
-    assert '_gtFine_labelTrainIds.png' in message
-    assert 'tools/dataset_converters/cityscapes.py' in message
-
-
-def test_generated_datasets_are_not_checked(tmp_path):
-
-    class Generated(BaseSegDataset):
-        generates_data = True
-
-    DATASETS.register_module('CliTestGenerated', module=Generated, force=True)
-    cfg = Config(
-        dict(
-            test_dataloader=dict(
-                dataset=dict(
-                    type='CliTestGenerated', data_root=str(tmp_path /
-                                                           'later')))))
-    check_data_roots(cfg, ('test_dataloader', ))
 
 
 def test_scripts_exit_with_the_message(tiny_config, tmp_path):
@@ -444,6 +413,7 @@ def test_amp_on_cpu(tiny_config, tmp_path):
 # Two CPU processes ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torchrun_train(tiny_config, tmp_path):
     output = _run([
         '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
@@ -460,6 +430,7 @@ def test_torchrun_train(tiny_config, tmp_path):
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
 
 
+@pytest.mark.slow
 def test_distributed_launch_test_matches_single_process(
         tiny_config, trained, single_test, tmp_path):
     single_metrics, single_preds = single_test
@@ -484,14 +455,13 @@ def test_distributed_launch_test_matches_single_process(
 # Kill and resume -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tiny_config, tmp_path):
     """SIGKILL after the first checkpoint, then ``--resume``: the final
     weights equal an uninterrupted run's (deterministic, CPU, drop path on,
     augmentation in a dataloader worker)."""
     import signal
     import time
-
-    import torch
 
     def command(work_dir, max_iters):
         return [
@@ -519,8 +489,8 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_config, tmp_path):
     proc.wait()
     assert not (killed / 'iter_6.pth').exists()
     _run(command(killed, 6) + ['--resume'])
-    expected = torch.load(full / 'iter_6.pth', weights_only=False)
-    resumed = torch.load(killed / 'iter_6.pth', weights_only=False)
+    expected = torch.load(full / 'iter_6.pth', weights_only=True)
+    resumed = torch.load(killed / 'iter_6.pth', weights_only=True)
     assert resumed['meta']['iter'] == 6
     for key, value in expected['state_dict'].items():
         diff = (resumed['state_dict'][key].double() - value.double()).abs()
@@ -552,9 +522,8 @@ def test_skip_non_finite_steps_then_stop(tiny_config, tmp_path):
                'optim_wrapper.type=SkipNonFiniteOptimWrapper',
                'optim_wrapper.max_consecutive_skips=3')
     # Skipped steps leave the weights as they were: 2 and 3 equal 1.
-    import torch
     weights = [
-        torch.load(tmp_path / f'iter_{i}.pth', weights_only=False)
+        torch.load(tmp_path / f'iter_{i}.pth', weights_only=True)
         ['state_dict'] for i in (1, 2, 3)
     ]
     for key, value in weights[0].items():
@@ -563,6 +532,7 @@ def test_skip_non_finite_steps_then_stop(tiny_config, tmp_path):
     assert not (tmp_path / 'iter_4.pth').exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('launcher', ['torch.distributed.run',
                                       'torch.distributed.launch'])
 def test_dying_rank_ends_the_job(tiny_config, tmp_path, launcher):
@@ -591,3 +561,136 @@ def test_dying_rank_ends_the_job(tiny_config, tmp_path, launcher):
         output[-3000:]
     print(f'{launcher}: ended {took:.1f} s after the kill')
     assert took < 60
+
+
+# Safe loading and resuming -------------------------------------------------
+
+
+def _crafted_copy(checkpoint: Path, path: Path, marker: Path) -> Path:
+    """``checkpoint`` with an object in its meta that creates ``marker``
+    when unpickled."""
+    content = torch.load(checkpoint, weights_only=True)
+    content['meta']['note'] = WritesMarker(marker)
+    torch.save(content, path)
+    return path
+
+
+def test_crafted_checkpoint_is_refused_by_train_and_test(
+        tiny_config, trained, tmp_path):
+    marker = tmp_path / 'marker'
+    crafted = _crafted_copy(trained / 'iter_4.pth', tmp_path / 'dl.pth',
+                            marker)
+    for main, argv in [
+        (train_script.main, [str(tiny_config), '--load-from', str(crafted)]),
+        (train_script.main, [str(tiny_config), '--resume-from',
+                             str(crafted)]),
+        (test_script.main, [str(tiny_config), str(crafted)]),
+    ]:
+        with pytest.raises(SystemExit) as err:
+            main([*argv, '--work-dir', str(tmp_path / 'work'),
+                  *_unique_names()])
+        assert 'dl.pth' in str(err.value)
+        assert 'io.open' in str(err.value)
+        assert '--trust-checkpoint' in str(err.value)
+        assert not marker.exists()
+    _test(str(tiny_config), str(crafted), '--trust-checkpoint',
+          '--work-dir', str(tmp_path / 'work'))
+    assert marker.exists()
+
+
+def _work_dir_with(tmp_path: Path, trained: Path, names) -> Path:
+    """A work dir holding copies of ``trained``'s checkpoints ``names``
+    and a ``last_checkpoint`` that points to another place."""
+    work = tmp_path / 'copied'
+    work.mkdir()
+    for name in names:
+        shutil.copy(trained / name, work / name)
+    (work / 'last_checkpoint').write_text('/elsewhere/iter_4.pth')
+    return work
+
+
+def test_resume_uses_the_work_dirs_own_newest_checkpoint(
+        tiny_config, trained, tmp_path):
+    work = _work_dir_with(tmp_path, trained, ['iter_2.pth', 'iter_4.pth'])
+    _train(str(tiny_config), '--work-dir', str(work), '--resume',
+           '--no-validate', '--cfg-options', 'train_cfg.max_iters=6')
+    assert len(_losses(work)) == 2  # iterations 5 and 6
+
+
+def test_resume_skips_unreadable_and_never_starts_over_checkpoints(
+        tiny_config, trained, tmp_path, caplog):
+    work = _work_dir_with(tmp_path, trained, ['iter_2.pth', 'iter_4.pth'])
+    (work / 'last_checkpoint').unlink()
+    (work / 'iter_4.pth').write_bytes(b'truncated')
+    _train(str(tiny_config), '--work-dir', str(work), '--resume',
+           '--no-validate', '--cfg-options', 'train_cfg.max_iters=4')
+    assert len(_losses(work)) == 2  # iterations 3 and 4, from iter_2
+    for name in ('iter_2.pth', 'iter_4.pth'):
+        (work / name).write_bytes(b'truncated')
+    with pytest.raises(SystemExit) as err:
+        _train(str(tiny_config), '--work-dir', str(work), '--resume',
+               '--no-validate')
+    assert 'none of the checkpoints' in str(err.value)
+    assert (work / 'iter_4.pth').read_bytes() == b'truncated'
+
+
+def test_written_checkpoints_open_in_mmseg_apis(tiny_config, trained,
+                                                tmp_path):
+    """Training checkpoints load with torch.load(weights_only=True) alone,
+    so mmseg's init_model and MMSegInferencer read them unchanged."""
+    cfg = str(tiny_config)
+    opts = {'model.decode_head.norm_cfg.type': 'BN'}
+    model = init_model(cfg, str(trained / 'iter_4.pth'), device='cpu',
+                       cfg_options=opts)
+    assert model.dataset_meta['classes'] == ShapesDataset.METAINFO['classes']
+    image = sorted((Path(
+        Config.fromfile(cfg).test_dataloader.dataset.data_root) /
+        'images' / 'validation').glob('*.jpg'))[0]
+    result = inference_model(model, str(image))
+    assert result.pred_sem_seg.data.shape[1:] == cv2_shape(image)
+    inferencer = MMSegInferencer(
+        model=str(tiny_config), weights=str(trained / 'iter_4.pth'),
+        device='cpu')
+    assert inferencer.model.dataset_meta['classes'] == (
+        ShapesDataset.METAINFO['classes'])
+    out = inferencer(str(image), out_dir=str(tmp_path / 'vis'))
+    assert np.asarray(out['predictions']).shape == cv2_shape(image)
+    assert list((tmp_path / 'vis').rglob('*.png'))
+
+
+# mmsegmentation's own tools --------------------------------------------------
+
+
+def _mmseg_tool(name: str) -> str:
+    import mmseg
+    return str(Path(mmseg.__file__).parent / '.mim' / 'tools' / name)
+
+
+@pytest.mark.slow
+def test_mmseg_stock_train_and_test_tools(tiny_config, tmp_path):
+    bn = ['--cfg-options', 'model.decode_head.norm_cfg.type=BN']
+    work = tmp_path / 'stock'
+    _run([_mmseg_tool('train.py'), str(tiny_config), '--work-dir',
+          str(work), *bn])
+    assert (work / 'iter_4.pth').is_file()
+    for extra in ([], ['--tta']):
+        output = _run([_mmseg_tool('test.py'), str(tiny_config),
+                       str(work / 'iter_4.pth'), '--work-dir',
+                       str(tmp_path / 'stock_test'), *extra, *bn])
+        assert 'mIoU' in output
+
+
+@pytest.mark.parametrize('script', ['train.py', 'test.py'])
+def test_broken_stack_gets_the_environment_check(script, tmp_path):
+    """An import of the stack that fails names the check and its report."""
+    broken = tmp_path / 'mmengine'
+    broken.mkdir()
+    (broken / '__init__.py').write_text(
+        "raise ImportError('mmengine is broken here')")
+    env = dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{REPO}')
+    proc = subprocess.run([sys.executable, script, '--help'], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert 'cannot import the training stack' in proc.stderr
+    assert 'mmengine is broken here' in proc.stderr
+    assert 'python tools/misc/check_env.py' in proc.stderr

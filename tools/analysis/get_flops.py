@@ -97,6 +97,8 @@ def main():
         '--shape', type=int, nargs=2, metavar=('H', 'W'),
         help='input size (default: the crop size of the config)')
     args = parser.parse_args()
+    if args.shape is not None and min(args.shape) < 1:
+        parser.error(f'--shape must be positive, got {args.shape}')
     result = analyse(args.config, args.shape)
     h, w = result['shape']
     print(f'Input shape: (3, {h}, {w})')

@@ -41,8 +41,10 @@ from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 import regproxy  # noqa: F401 registers the RegionProxy modules
-from regproxy.engine import load_segmentor_checkpoint
+from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
+                             trusted_checkpoints)
 from regproxy.models.utils import standalone_model_cfg
+from regproxy.utils import add_trust_checkpoint_arg, fail
 
 
 class WholeImageSegmentor(nn.Module):
@@ -166,7 +168,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--rtol', type=float, default=1e-4,
         help='largest allowed difference relative to the largest logit')
+    add_trust_checkpoint_arg(parser)
     args = parser.parse_args(argv)
+    if args.shape is not None and min(args.shape) < 1:
+        parser.error(f'--shape must be positive, got {args.shape}')
     if args.opset < 17:
         parser.error('opset 17 or newer is needed (LayerNormalization)')
     return args
@@ -174,7 +179,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> float:
     args = parse_args(argv)
-    model = build_segmentor(args.config, args.checkpoint)
+    try:
+        with trusted_checkpoints(args.trust_checkpoint):
+            model = build_segmentor(args.config, args.checkpoint)
+    except CheckpointError as error:
+        fail(str(error))
     shape = tuple(args.shape or Config.fromfile(args.config).get(
         'crop_size', (512, 512)))
     export(model, args.out, shape, args.dynamic, args.opset)
@@ -182,8 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
           f'{"dynamic" if args.dynamic else "static"} shape)')
     worst = verify(model, args.out, check_shapes(model, shape, args.dynamic))
     if worst > args.rtol:
-        raise SystemExit(f'onnxruntime disagrees with PyTorch: relative '
-                         f'difference {worst:.3g} > {args.rtol:g}')
+        fail(f'onnxruntime disagrees with PyTorch: relative difference '
+             f'{worst:.3g} > {args.rtol:g}')
     print(f'verified: relative difference {worst:.3g} <= {args.rtol:g}')
     return worst
 

@@ -11,44 +11,44 @@ mmseg names, classifier dropped, position embedding resized to the config's
 accepts SRC directly, converting on load.
 """
 import argparse
+from typing import Optional, Sequence
 
 import torch
 from mmengine.config import Config
+from mmseg.registry import MODELS
+from mmseg.utils import register_all_modules
 
-from regproxy.engine import atomic_save
-from regproxy.models.backbones.hybrid_embed import HybridPatchEmbed
-from regproxy.models.utils import convert_vit_checkpoint
-
-
-def target_from_config(backbone: dict):
-    """(grid size, prefix tokens, hybrid, mode) of a config's backbone."""
-    img_size = backbone.get('img_size', 512)
-    img_size = (img_size, img_size) if isinstance(img_size, int) else img_size
-    hybrid = backbone.get('embed_type') is not None
-    stride = HybridPatchEmbed.stride if hybrid else backbone.get(
-        'patch_size', 16)
-    grid = (img_size[0] // stride, img_size[1] // stride)
-    prefix = 2 if backbone.get('deit', False) else 1
-    return grid, prefix, hybrid, backbone.get('interpolate_mode', 'bicubic')
+from regproxy.engine import (CheckpointError, load_checkpoint_file,
+                             save_checkpoint_file, trusted_checkpoints)
+from regproxy.models.utils import checkpoint_filter_fn, sync_bn_to_bn
+from regproxy.utils import add_trust_checkpoint_arg, fail
 
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[Sequence[str]] = None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('src', help='timm state_dict or DeiT checkpoint')
     parser.add_argument('dst', help='output file (backbone state_dict)')
     parser.add_argument(
         '--config', required=True,
         help='RegionProxy config whose backbone the weights are for')
+    add_trust_checkpoint_arg(parser)
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    backbone = Config.fromfile(args.config).model.backbone
-    grid, prefix, hybrid, mode = target_from_config(backbone)
-    checkpoint = torch.load(args.src, map_location='cpu', weights_only=False)
-    state_dict = convert_vit_checkpoint(checkpoint, grid, prefix, hybrid, mode)
-    atomic_save({'state_dict': state_dict}, args.dst)
+    register_all_modules()
+    backbone_cfg = sync_bn_to_bn(Config.fromfile(args.config).model.backbone)
+    with torch.device('meta'):  # geometry only, no memory
+        backbone = MODELS.build(backbone_cfg)
+    try:
+        with trusted_checkpoints(args.trust_checkpoint):
+            checkpoint = load_checkpoint_file(args.src)
+        state_dict = checkpoint_filter_fn(checkpoint, backbone)
+    except (CheckpointError, ValueError) as error:
+        fail(str(error))
+    save_checkpoint_file({'state_dict': state_dict}, args.dst)
+    grid = backbone.grid_size
     print(f'wrote {len(state_dict)} tensors to {args.dst} '
           f'(pos_embed grid {grid[0]}x{grid[1]})')
 

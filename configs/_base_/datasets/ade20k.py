@@ -15,7 +15,8 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
+    # mmcv's loader by name: MMSegInferencer looks it up to replace it
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=scale, keep_ratio=True),
     # labels are loaded after Resize: metrics use the original size
     dict(type='CheckedLoadAnnotations', num_classes=150),
@@ -25,7 +26,7 @@ test_pipeline = [
 # each with and without horizontal flip.
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(
         type='TestTimeAug',
         transforms=[

@@ -20,7 +20,8 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
+    # mmcv's loader by name: MMSegInferencer looks it up to replace it
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(256, 128), keep_ratio=True),
     # Labels are loaded after the resize: metrics use the original size.
     dict(type='CheckedLoadAnnotations', num_classes=8),
@@ -30,7 +31,7 @@ img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 # Ratios of the test scale rather than of the raw image (whose size varies),
 # so that ratio 1.0 is the single-scale test.
 tta_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(
         type='TestTimeAug',
         transforms=[

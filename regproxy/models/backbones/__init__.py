@@ -1,3 +1,4 @@
+from .timm_vit import TimmRegionProxyViT
 from .vit import RegionProxyViT
 
-__all__ = ['RegionProxyViT']
+__all__ = ['RegionProxyViT', 'TimmRegionProxyViT']

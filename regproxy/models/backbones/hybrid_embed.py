@@ -18,11 +18,16 @@ class HybridPatchEmbed(nn.Module):
     Weight-standardised "same"-padded convolutions with GroupNorm, no
     pre-activation; the stride-32 features are projected to ``embed_dims``.
     Submodule names (``backbone``, ``proj``) match timm's ``HybridEmbed``.
+    ``with_cp`` turns on timm's gradient checkpointing of the stages.
     """
 
     stride = 32
 
-    def __init__(self, embed_type: str, in_channels: int, embed_dims: int):
+    def __init__(self,
+                 embed_type: str,
+                 in_channels: int,
+                 embed_dims: int,
+                 with_cp: bool = False):
         super().__init__()
         self.backbone = ResNetV2(
             layers=HYBRID_STEMS[embed_type],
@@ -32,6 +37,7 @@ class HybridPatchEmbed(nn.Module):
             preact=False,
             stem_type='same',
             conv_layer=partial(StdConv2dSame, eps=1e-8))
+        self.backbone.set_grad_checkpointing(with_cp)
         self.proj = nn.Conv2d(
             self.backbone.num_features, embed_dims, kernel_size=1)
 

@@ -7,20 +7,22 @@ mmsegmentation's ``VisionTransformer`` so that released checkpoints load
 unchanged; the internals follow timm (fused attention, one position-embedding
 resampler, one checkpoint filter).
 """
+import logging
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
-from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.utils import to_2tuple
 from mmseg.registry import MODELS
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
 
+from ...engine.checkpoint import load_checkpoint_file
 from ..utils.checkpoint_filter import checkpoint_filter_fn
-from ..utils.pos_embed import resample_abs_pos_embed
 from .hybrid_embed import HYBRID_STEMS, HybridPatchEmbed
 
 __all__ = ['RegionProxyViT']
@@ -139,10 +141,6 @@ class PatchEmbed(nn.Module):
         return self.projection(x)
 
 
-def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
 @MODELS.register_module()
 class RegionProxyViT(BaseModule):
     """ViT whose patch tokens serve as region proxies (RegionProxy, CVPR 2022).
@@ -176,6 +174,10 @@ class RegionProxyViT(BaseModule):
         embed_type (str | None): ``None`` for patches, or a hybrid ResNetV2
             stem: ``'vit_small_r26_s32_384'``, ``'vit_large_r50_s32_384'``.
         fused_attn (bool): use ``F.scaled_dot_product_attention``.
+        with_cp (bool): activation checkpointing: keep only each layer's
+            (and each hybrid-stem stage's) input in training and recompute
+            the layer in backward; less memory, about a third more compute.
+            Default: False.
         pretrained (str, optional): timm/DeiT/mmseg checkpoint of the
             backbone, converted on load (see ``checkpoint_filter_fn``).
         init_cfg (dict, optional): mmengine init config; a ``Pretrained``
@@ -204,14 +206,16 @@ class RegionProxyViT(BaseModule):
                  deit: bool = False,
                  embed_type: Optional[str] = None,
                  fused_attn: bool = True,
+                 with_cp: bool = False,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
         if pretrained is not None:
             if init_cfg is not None:
-                raise ValueError('give either pretrained or init_cfg, not both')
+                raise ValueError(
+                    'give either pretrained or init_cfg, not both')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
-        img_size = _pair(img_size)
+        img_size = to_2tuple(img_size)
         for name, value in [('img_size', min(img_size)),
                             ('patch_size', patch_size),
                             ('embed_dims', embed_dims),
@@ -234,7 +238,7 @@ class RegionProxyViT(BaseModule):
             self.patch_size = patch_size
         elif embed_type in HYBRID_STEMS:
             self.patch_embed = HybridPatchEmbed(embed_type, in_channels,
-                                                embed_dims)
+                                                embed_dims, with_cp)
             self.patch_size = self.patch_embed.stride
         else:
             raise ValueError(f'unknown embed_type {embed_type!r}: expected '
@@ -250,6 +254,7 @@ class RegionProxyViT(BaseModule):
         self.with_cls_token = with_cls_token
         self.norm_eval = norm_eval
         self.interpolate_mode = interpolate_mode
+        self.with_cp = with_cp
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
         self.dist_token = nn.Parameter(torch.zeros(
@@ -310,25 +315,35 @@ class RegionProxyViT(BaseModule):
                 nn.init.zeros_(attn.in_proj_bias)
 
     def load_pretrained(self, filename: str):
-        """Load a timm, DeiT or mmseg-ViT checkpoint file into the backbone."""
-        checkpoint = CheckpointLoader.load_checkpoint(
-            filename, map_location='cpu')
+        """Load a timm, DeiT or mmseg-ViT checkpoint file into the backbone.
+
+        The file is read safely (:func:`load_checkpoint_file`) and converted
+        by :func:`checkpoint_filter_fn`; keys that do not fit are reported in
+        a warning.
+        """
+        checkpoint = load_checkpoint_file(filename)
         state_dict = checkpoint_filter_fn(checkpoint, self)
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        if not missing and not unexpected:
+            print_log(f'loaded {filename} into {type(self).__name__}: all '
+                      f'{len(state_dict)} tensors fit', logger='current')
+            return
         print_log(
-            f'loaded {filename} into {type(self).__name__}; missing keys: '
-            f'{missing or "none"}; unexpected keys: {unexpected or "none"}',
-            logger='current')
+            f'{filename} only partly fits {type(self).__name__}: '
+            f'{len(missing)} missing keys ({", ".join(missing[:5]) or "-"}'
+            f'{" ..." if len(missing) > 5 else ""}), {len(unexpected)} '
+            f'unexpected keys ({", ".join(unexpected[:5]) or "-"}'
+            f'{" ..." if len(unexpected) > 5 else ""}); the rest is loaded',
+            logger='current', level=logging.WARNING)
 
     def _pos_embed(self, x: torch.Tensor, grid: Tuple[int, int]):
         prefix = [self.cls_token.expand(x.shape[0], -1, -1)]
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(x.shape[0], -1, -1))
         x = torch.cat(prefix + [x], dim=1)
-        pos_embed = resample_abs_pos_embed(self.pos_embed, grid,
-                                           self.grid_size,
-                                           self.num_prefix_tokens,
-                                           self.interpolate_mode)
+        pos_embed = resample_abs_pos_embed(
+            self.pos_embed, list(grid), list(self.grid_size),
+            self.num_prefix_tokens, self.interpolate_mode, antialias=False)
         return self.drop_after_pos(x + pos_embed)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -345,7 +360,12 @@ class RegionProxyViT(BaseModule):
 
         outs = {-1: token_map(x)} if -1 in self.out_indices else {}
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            if self.with_cp and x.requires_grad:
+                # The RNG state is restored for the recomputation, so drop
+                # path and dropout draw the same masks.
+                x = cp.checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
             if i == len(self.layers) - 1 and self.final_norm:
                 x = self.ln1(x)
             if i in self.out_indices:

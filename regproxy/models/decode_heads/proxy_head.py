@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule, DepthwiseSeparableConvModule
+from mmengine.utils import to_2tuple
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 from timm.layers import trunc_normal_
@@ -90,12 +91,15 @@ class ProxyHead(BaseDecodeHead):
         channels (int): width of the affinity branch.
         region_res (int | tuple[int, int]): sub-pixels per token, as an int r
             (r x r) or (rows, cols). Default: 4.
+        dropout_ratio (float): dropout (``Dropout2d``) on the last-layer
+            tokens before they are classified. Default: 0.
         use_unfold (bool): always combine the regions with ``F.unfold``,
             which materialises 9·K·h·w values (the reference form). By
             default inference accumulates one neighbour at a time and
             training (autograd) uses the unfold. Default: False.
         **kwargs: ``BaseDecodeHead`` arguments (``num_classes``,
-            ``in_index``, ``input_transform``, ``norm_cfg``, ``act_cfg``,
+            ``in_index``, ``input_transform`` (only 'multiple_select'),
+            ``conv_cfg``, ``norm_cfg``, ``act_cfg``,
             ``loss_decode``, ``align_corners``, ...).
 
     Call flow: ``loss(): forward() -> loss_by_feat()``,
@@ -116,13 +120,16 @@ class ProxyHead(BaseDecodeHead):
         if not isinstance(in_channels, (list, tuple)) or len(in_channels) != 2:
             raise ValueError('ProxyHead takes two inputs (mid, last); got '
                              f'in_channels={in_channels}')
-        if isinstance(region_res, int):
-            region_res = (region_res, region_res)
+        region_res = to_2tuple(region_res)
         if len(region_res) != 2 or min(region_res) < 1:
             raise ValueError('region_res must be an int >= 1 or a pair of '
                              f'them, got {region_res}')
         if channels < 1:
             raise ValueError(f'channels must be positive, got {channels}')
+        if input_transform != 'multiple_select':
+            raise ValueError('ProxyHead needs its two inputs apart: '
+                             "input_transform must be 'multiple_select', got "
+                             f'{input_transform!r}')
         # No default init_cfg: the base class's targets conv_seg, which this
         # head does not have; init_weights() initialises the layers.
         super().__init__(
@@ -145,12 +152,14 @@ class ProxyHead(BaseDecodeHead):
                 channels,
                 kernel_size=3,
                 padding=1,
+                conv_cfg=self.conv_cfg,
                 norm_cfg=self.norm_cfg,
                 act_cfg=self.act_cfg),
             ConvModule(
                 channels,
                 NUM_NEIGHBOURS * region_res[0] * region_res[1],
                 kernel_size=1,
+                conv_cfg=self.conv_cfg,
                 norm_cfg=None,
                 act_cfg=None))
         self.use_unfold = use_unfold
@@ -174,6 +183,8 @@ class ProxyHead(BaseDecodeHead):
     def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
         """Backbone maps -> (B, K, h*rh, w*rw) pixel logits."""
         x_mid, x_last = self._transform_inputs(inputs)
+        if self.dropout is not None:  # before classifying, as mmseg's heads
+            x_last = self.dropout(x_last)
         region_logits = self.mlp(x_last.permute(0, 2, 3, 1)).permute(
             0, 3, 1, 2)
         # Accumulating saves memory in inference; under autograd it keeps 9

@@ -1,3 +1,4 @@
+import difflib
 from typing import List
 
 import torch
@@ -30,7 +31,12 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
             crop must hold at least one patch with a stride no larger than
             the crop; all are checked here, at build time, rather than
             failing (or leaving gaps) inside the first forward pass.
+            ``test_cfg`` may hold only :attr:`TEST_CFG_KEYS`.
     """
+
+    # What EncoderDecoder's inference reads from test_cfg; any other key
+    # (a typo such as ``strid``) would be ignored without a word.
+    TEST_CFG_KEYS = ('mode', 'crop_size', 'stride')
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -49,8 +55,20 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
                 f'decode_head.in_index={in_index} selects outputs the '
                 f'backbone does not have: out_indices={out_indices} gives '
                 f'{len(out_indices)}')
+        self._check_test_cfg_keys()
         if self.test_cfg and self.test_cfg.get('mode') == 'slide':
             self._check_slide_windows()
+
+    def _check_test_cfg_keys(self):
+        """Refuse test_cfg keys that inference does not read."""
+        for key in self.test_cfg or {}:
+            if key in self.TEST_CFG_KEYS:
+                continue
+            close = difflib.get_close_matches(key, self.TEST_CFG_KEYS, n=1)
+            hint = f'did you mean {close[0]!r}? ' if close else ''
+            raise ValueError(
+                f'test_cfg.{key} is not a setting of {type(self).__name__}: '
+                f'{hint}test_cfg takes {", ".join(self.TEST_CFG_KEYS)}')
 
     def _check_slide_windows(self):
         """A crop holds a patch; windows overlap or touch (no pixel left

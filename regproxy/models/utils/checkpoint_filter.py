@@ -1,12 +1,15 @@
-"""Convert timm / DeiT ImageNet checkpoints to RegionProxy backbone names."""
+"""Convert timm, DeiT and mmseg ImageNet ViT weights to RegionProxy names."""
+import logging
 import math
 import re
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping
 
 import torch
+import torch.nn as nn
 from mmengine.logging import print_log
+from timm.layers import resample_abs_pos_embed
 
-from .pos_embed import resample_abs_pos_embed
+__all__ = ['checkpoint_filter_fn', 'unwrap_state_dict', 'is_timm_vit']
 
 # (pattern, replacement) applied in order to every timm/DeiT key.
 _TIMM_TO_MMSEG = [
@@ -48,82 +51,75 @@ def is_timm_vit(state_dict: Mapping) -> bool:
     return any(k.startswith('blocks.') for k in state_dict)
 
 
-def convert_vit_checkpoint(checkpoint: Mapping,
-                           grid_size: Sequence[int],
-                           num_prefix_tokens: int,
-                           hybrid: bool,
-                           interpolate_mode: str = 'bicubic'
-                           ) -> Dict[str, torch.Tensor]:
-    """Rename a timm/DeiT ViT checkpoint to mmseg names for our backbone.
-
-    Drops the classifier, renames ``patch_embed.proj`` to
-    ``patch_embed.projection`` for plain ViTs (hybrid stems keep timm's
-    names; the plain patch bias is folded into ``pos_embed``) and resizes
-    ``pos_embed`` to ``grid_size``. Checkpoints already in
-    mmseg names only get the ``pos_embed`` resize.
-
-    Args:
-        checkpoint (Mapping): a timm state_dict, DeiT ``{'model': ...}`` or an
-            mmseg checkpoint (``state_dict``; ``backbone.`` is stripped).
-        grid_size (Sequence[int]): token grid (h, w) of the target model.
-        num_prefix_tokens (int): 1 (cls) or 2 (cls + DeiT dist) in the model.
-        hybrid (bool): the target uses a ResNetV2 stem.
-        interpolate_mode (str): position-embedding resize mode.
-
-    Returns:
-        dict: the converted state_dict of the backbone.
-    """
-    state_dict = unwrap_state_dict(checkpoint)
-    if is_timm_vit(state_dict):
-        converted = {}
-        for key, value in state_dict.items():
-            if _CLASSIFIER.match(key):
-                continue
-            for pattern, repl in _TIMM_TO_MMSEG:
-                key = re.sub(pattern, repl, key)
-            if not hybrid:
-                key = re.sub(r'^patch_embed\.proj\.', 'patch_embed.projection.',
-                             key)
-            converted[key] = value
-        state_dict = converted
-        # Our patch projection has no bias (as released); adding the bias to
-        # the grid part of pos_embed gives exactly the same tokens.
-        bias = state_dict.pop('patch_embed.projection.bias', None)
-        if bias is not None and 'pos_embed' in state_dict:
-            pos_embed = state_dict['pos_embed'].clone()
-            pos_embed[:, 1 + ('dist_token' in state_dict):] += bias
-            state_dict['pos_embed'] = pos_embed
-
-    if 'pos_embed' in state_dict:
-        pos_embed = state_dict['pos_embed']
-        ckpt_prefix = 1 + ('dist_token' in state_dict)
-        if ckpt_prefix != num_prefix_tokens:
-            print_log(
-                f'pos_embed of the checkpoint has {ckpt_prefix} prefix '
-                f'token(s), the model {num_prefix_tokens}: pos_embed is not '
-                'loaded', logger='current', level=30)
-            del state_dict['pos_embed']
-        else:
-            old_grid = _square_grid(pos_embed.shape[1] - ckpt_prefix)
-            state_dict['pos_embed'] = resample_abs_pos_embed(
-                pos_embed, grid_size, old_grid, ckpt_prefix, interpolate_mode)
-    return state_dict
+def _rename_timm(state_dict: Mapping, hybrid: bool) -> Dict[str, torch.Tensor]:
+    converted = {}
+    for key, value in state_dict.items():
+        if _CLASSIFIER.match(key):
+            continue
+        for pattern, repl in _TIMM_TO_MMSEG:
+            key = re.sub(pattern, repl, key)
+        if not hybrid:
+            key = re.sub(r'^patch_embed\.proj\.', 'patch_embed.projection.',
+                         key)
+        converted[key] = value
+    return converted
 
 
 def checkpoint_filter_fn(checkpoint: Mapping,
-                         model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """``convert_vit_checkpoint`` for a built ``RegionProxyViT``."""
-    return convert_vit_checkpoint(
-        checkpoint,
-        grid_size=model.grid_size,
-        num_prefix_tokens=model.num_prefix_tokens,
-        hybrid=not hasattr(model.patch_embed, 'projection'),
-        interpolate_mode=model.interpolate_mode)
+                         model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Turn an ImageNet ViT checkpoint into a state dict for ``model``.
 
+    Accepts timm ``state_dict`` files, DeiT's ``{'model': ...}`` files and
+    mmseg-named files (e.g. from mmseg's ``vit2mmseg.py``, or an mmseg
+    segmentor checkpoint, whose ``backbone.`` part is taken). timm names are
+    renamed to mmseg's and the classifier is dropped. Our patch projection
+    has no bias (as released): a bias in the file is added to the grid part
+    of ``pos_embed``, which gives exactly the same tokens. ``pos_embed`` is
+    resampled to the model's grid (timm's resampler).
 
-def _square_grid(num_tokens: int) -> Tuple[int, int]:
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise ValueError(f'pos_embed has {num_tokens} grid entries, which is '
+    Args:
+        checkpoint (Mapping): the loaded file.
+        model (RegionProxyViT): the backbone (may live on the meta device);
+            its ``grid_size``, ``num_prefix_tokens``, ``interpolate_mode`` and
+            patch embedding decide the conversion.
+
+    Returns:
+        dict: the backbone's state dict.
+    """
+    hybrid = not hasattr(model.patch_embed, 'projection')
+    state_dict = unwrap_state_dict(checkpoint)
+    if is_timm_vit(state_dict):
+        state_dict = _rename_timm(state_dict, hybrid)
+    bias = state_dict.pop('patch_embed.projection.bias', None)
+    ckpt_prefix = 1 + ('dist_token' in state_dict)
+    if bias is not None and 'pos_embed' in state_dict:
+        pos_embed = state_dict['pos_embed'].clone()
+        pos_embed[:, ckpt_prefix:] += bias
+        state_dict['pos_embed'] = pos_embed
+
+    if 'pos_embed' not in state_dict:
+        return state_dict
+    pos_embed = state_dict['pos_embed']
+    if ckpt_prefix != model.num_prefix_tokens:
+        print_log(
+            f'pos_embed of the checkpoint has {ckpt_prefix} prefix token(s), '
+            f'the model {model.num_prefix_tokens}: pos_embed is not loaded',
+            logger='current', level=logging.WARNING)
+        del state_dict['pos_embed']
+        return state_dict
+    num_grid = pos_embed.shape[1] - ckpt_prefix
+    side = math.isqrt(num_grid)
+    if side * side != num_grid:
+        raise ValueError(f'pos_embed has {num_grid} grid entries, which is '
                          'not a square grid; cannot infer its size')
-    return side, side
+    if (side, side) != tuple(model.grid_size):
+        print_log(
+            f'pos_embed resampled from a {side}x{side} to a '
+            f'{model.grid_size[0]}x{model.grid_size[1]} grid '
+            f'({model.interpolate_mode})', logger='current')
+        # no antialiasing: the published models were trained and evaluated
+        # with plain interpolation
+        state_dict['pos_embed'] = resample_abs_pos_embed(
+            pos_embed, list(model.grid_size), [side, side], ckpt_prefix,
+            model.interpolate_mode, antialias=False)
+    return state_dict

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from regproxy.models.backbones import RegionProxyViT
-from regproxy.models.utils import resample_abs_pos_embed
 
 
 def tiny_vit(**kwargs):
@@ -85,14 +84,6 @@ def test_gradients_reach_every_parameter():
     assert model.dist_token.grad is not None
 
 
-def test_resample_pos_embed_keeps_prefix_and_dtype():
-    pos = torch.randn(1, 2 + 16, 8, dtype=torch.float64)
-    out = resample_abs_pos_embed(pos, (3, 5), (4, 4), num_prefix_tokens=2)
-    assert out.shape == (1, 2 + 15, 8) and out.dtype == torch.float64
-    torch.testing.assert_close(out[:, :2], pos[:, :2])
-    assert resample_abs_pos_embed(pos, (4, 4), (4, 4), 2) is pos
-
-
 @pytest.mark.parametrize('kwargs, message', [
     (dict(out_indices=(0, 3)), 'out_indices'),
     (dict(out_indices=(-2, 1)), 'out_indices'),
@@ -107,3 +98,61 @@ def test_resample_pos_embed_keeps_prefix_and_dtype():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_vit(**kwargs)
+
+
+def _outputs_and_grads(model, x, seed):
+    """Outputs and parameter gradients of one training forward/backward."""
+    model.zero_grad()
+    torch.manual_seed(seed)  # the same drop-path masks in both runs
+    outs = model(x)
+    sum((o * o).sum() for o in outs).backward()
+    return ([o.detach() for o in outs],
+            {n: p.grad.clone() for n, p in model.named_parameters()
+             if p.grad is not None})
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(drop_path_rate=0.3, drop_rate=0.1),
+    dict(embed_type='vit_small_r26_s32_384', img_size=64, num_layers=2,
+         out_indices=(0, 1)),
+])
+def test_with_cp_same_outputs_and_gradients(kwargs):
+    """Activation checkpointing recomputes each layer (and hybrid-stem
+    stage) in backward: outputs and gradients are those without it, drop
+    path and dropout included."""
+    torch.manual_seed(0)
+    model = tiny_vit(**kwargs).train()
+    x = torch.randn(2, 3, 64, 64)
+    expected_outs, expected_grads = _outputs_and_grads(model, x, seed=1)
+    model.with_cp = True
+    if kwargs.get('embed_type'):
+        model.patch_embed.backbone.set_grad_checkpointing(True)
+    outs, grads = _outputs_and_grads(model, x, seed=1)
+    for out, expected in zip(outs, expected_outs):
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], atol=1e-6,
+                                   rtol=1e-5, msg=name)
+
+
+def test_with_cp_recomputes_in_backward(monkeypatch):
+    """with_cp really checkpoints: each layer runs twice per training step
+    (forward, recomputation), once in inference; the hybrid stem's stages
+    are checkpointed by timm."""
+    model = tiny_vit(with_cp=True).train()
+    calls = []
+    for layer in model.layers:
+        # a pre-hook: the recomputation stops once it has what backward
+        # needs, before a forward hook would run
+        layer.register_forward_pre_hook(lambda *_: calls.append(1))
+    sum(o.sum() for o in model(torch.randn(1, 3, 64, 64))).backward()
+    assert len(calls) == 2 * len(model.layers)
+    calls.clear()
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 64, 64))
+    assert len(calls) == len(model.layers)
+    hybrid = tiny_vit(embed_type='vit_small_r26_s32_384', img_size=64,
+                      with_cp=True)
+    assert all(s.grad_checkpointing
+               for s in hybrid.patch_embed.backbone.stages)

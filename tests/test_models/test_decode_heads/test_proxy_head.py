@@ -95,6 +95,20 @@ def test_odd_sizes_and_state_dict_names():
     assert head.state_dict()['affinity_head.1.conv.weight'].shape[0] == 54
 
 
+def test_dropout_acts_on_the_region_tokens_in_training():
+    torch.manual_seed(0)
+    head = build_head(dropout_ratio=0.5)
+    inputs = [torch.randn(2, 16, 4, 5), torch.randn(2, 24, 4, 5)]
+    head.train()
+    assert not torch.equal(head(inputs), head(inputs))
+    head.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(head(inputs), head(inputs))
+        without = build_head(dropout_ratio=0.)
+        without.load_state_dict(head.state_dict())
+        torch.testing.assert_close(without.eval()(inputs), head(inputs))
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(region_res=0), 'region_res'),
     (dict(region_res=(2, -1)), 'region_res'),
@@ -102,6 +116,7 @@ def test_odd_sizes_and_state_dict_names():
     (dict(in_channels=(16, 24, 32)), 'two inputs'),
     (dict(region_res=(2, )), 'region_res'),
     (dict(channels=0), 'channels must be positive'),
+    (dict(input_transform='resize_concat'), 'multiple_select'),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

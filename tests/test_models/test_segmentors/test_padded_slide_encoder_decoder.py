@@ -8,31 +8,17 @@ from mmseg.apis import inference_model, init_model
 from mmseg.registry import MODELS
 
 from tests.conformance import CONFIG_DIR, conformance_path
+from tests.tiny_models import tiny_segmentor, tiny_segmentor_cfg
 
 T16_ADE = ('regproxy-t16-sub4+implicit-mid-4+512x512+160k+adamw-poly+'
            'ade20k')
-
-
-def tiny_segmentor(mode='slide'):
-    model = MODELS.build(
-        ConfigDict(
-            type='PaddedSlideEncoderDecoder',
-            backbone=dict(
-                type='RegionProxyViT', img_size=64, embed_dims=32,
-                num_layers=2, num_heads=2, out_indices=(0, 1)),
-            decode_head=dict(
-                type='ProxyHead', in_channels=(32, 32), channels=16,
-                num_classes=5, norm_cfg=dict(type='BN')),
-            test_cfg=dict(mode=mode, crop_size=(64, 64), stride=(48, 48))))
-    model.init_weights()
-    return model.eval()
 
 
 @pytest.mark.parametrize('mode', ['whole', 'slide'])
 @pytest.mark.parametrize('size', [(1, 1), (17, 999), (40, 30), (64, 64),
                                   (100, 65)])
 def test_any_size_returns_input_size(mode, size):
-    model = tiny_segmentor(mode)
+    model = tiny_segmentor(mode=mode)
     inputs = torch.randn(1, 3, *size)
     with torch.no_grad():
         logits = model.inference(
@@ -81,3 +67,21 @@ def test_released_layout_checkpoint_segments_an_image(tmp_path):
     result = inference_model(model, image)
     assert result.pred_sem_seg.data.shape == (1, 300, 450)
     assert result.seg_logits.data.shape == (150, 300, 450)
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(decode_head=dict(in_channels=(48, 48))), 'in_channels'),
+    (dict(test_cfg=dict(mode='slide', crop_size=(8, 8), stride=(8, 8))),
+     'crop_size'),
+    (dict(test_cfg=dict(mode='slide', crop_size=(64, 64), stride=(80, 48))),
+     r'stride=\(80, 48\) must be between 1 and'),
+    (dict(test_cfg=dict(mode='slide', crop_size=(64, 64), stride=(0, 48))),
+     'stride'),
+    (dict(backbone=dict(out_indices=(1, ))), r'in_index=\(0, 1\) selects'),
+])
+def test_inconsistent_model_config_fails_at_build(change, message):
+    cfg = tiny_segmentor_cfg()
+    for key, value in change.items():
+        cfg[key] = {**cfg[key], **value}
+    with pytest.raises(ValueError, match=message):
+        MODELS.build(cfg)

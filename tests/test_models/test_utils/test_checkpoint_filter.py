@@ -1,16 +1,19 @@
 """timm/DeiT ImageNet weights convert to our names for all six published
 initialisations: nothing missing but the head, nothing unexpected."""
 import json
+import logging
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
 import torch
+from mmengine.logging import MMLogger
 
 from regproxy.models.backbones import RegionProxyViT
-from regproxy.models.utils import (checkpoint_filter_fn, standalone_model_cfg,
-                                   sync_bn_to_bn)
+from regproxy.models.utils import checkpoint_filter_fn, sync_bn_to_bn
 from tests.conformance import (REPO_ROOT, conformance_path, published_config)
 
 INITIALISATIONS = {
@@ -95,16 +98,53 @@ def test_converter_command_line(tmp_path):
     assert not any(k.startswith(('head', 'blocks')) for k in state_dict)
 
 
-def test_standalone_model_cfg_copies_without_weights_files():
-    cfg = dict(
-        type='PaddedSlideEncoderDecoder', pretrained='seg.pth',
-        backbone=dict(type='RegionProxyViT', pretrained='vit.pth'),
-        decode_head=dict(norm_cfg=dict(type='SyncBN')))
-    standalone = standalone_model_cfg(cfg)
-    assert standalone['pretrained'] is None
-    assert standalone['backbone']['pretrained'] is None
-    assert standalone['backbone']['init_cfg'] is None
-    assert standalone['decode_head']['norm_cfg']['type'] == 'BN'
-    # the original is untouched
-    assert cfg['backbone']['pretrained'] == 'vit.pth'
-    assert cfg['decode_head']['norm_cfg']['type'] == 'SyncBN'
+def test_mmseg_vit2mmseg_file_keeps_the_patch_bias(tmp_path):
+    """A ViT converted by mmseg's own vit2mmseg.py (mmseg names, patch
+    projection with a bias) gives the same tokens as the timm file."""
+    import mmseg
+    tool = (Path(mmseg.__file__).parent / '.mim' / 'tools' /
+            'model_converters' / 'vit2mmseg.py')
+    torch.manual_seed(0)
+    source = timm.create_model('vit_tiny_patch16_224', pretrained=False)
+    torch.nn.init.normal_(source.patch_embed.proj.bias, std=1.)
+    timm_file, mmseg_file = tmp_path / 'timm.pth', tmp_path / 'mmseg.pth'
+    torch.save(source.state_dict(), timm_file)
+    subprocess.run([sys.executable, str(tool), str(timm_file),
+                    str(mmseg_file)], check=True, capture_output=True)
+    outputs = []
+    for path in (timm_file, mmseg_file):
+        backbone = RegionProxyViT(
+            img_size=224, embed_dims=192, num_heads=3, num_layers=12,
+            out_indices=(4, 11), pretrained=str(path))
+        backbone.init_weights()
+        with torch.no_grad():
+            outputs.append(backbone.eval()(torch.randn(
+                1, 3, 224, 224, generator=torch.Generator().manual_seed(1))))
+    for ours, theirs in zip(*outputs):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_partly_fitting_pretrained_file_warns_with_counts(tmp_path):
+    """A 12-layer file into a 4-layer backbone: a warning with the numbers
+    of unexpected keys and the first of them; the pos_embed resize logged."""
+    source = timm.create_model('vit_tiny_patch16_224', pretrained=False)
+    path = tmp_path / 'vit12.pth'
+    torch.save(source.state_dict(), path)
+    backbone = RegionProxyViT(img_size=64, embed_dims=192, num_heads=3,
+                              num_layers=4, out_indices=(1, 3),
+                              pretrained=str(path))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        backbone.init_weights()
+    finally:
+        logger.removeHandler(handler)
+    warnings = [r.getMessage() for r in records if r.levelname == 'WARNING']
+    assert any(re.search(r'vit12.pth only partly fits RegionProxyViT: 0 '
+                         r'missing keys \(-\), 96 unexpected keys '
+                         r'\(layers\.4\.', w) for w in warnings), warnings
+    assert any('pos_embed resampled from a 14x14 to a 4x4 grid'
+               in r.getMessage() for r in records)

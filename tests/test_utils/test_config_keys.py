@@ -1,0 +1,140 @@
+"""Config keys that nothing reads: mmseg 0.x keys are translated, typos and
+unknown settings are refused with the closest known keys."""
+import pytest
+from mmengine.config import Config
+from mmseg.registry import MODELS
+
+from regproxy.utils import load_config
+from regproxy.utils.config_keys import (LEGACY_KEYS, ConfigKeyError,
+                                        check_config_keys,
+                                        check_override_keys,
+                                        translate_legacy_keys)
+from tests.conformance import CONFIG_DIR
+from tests.tiny_models import tiny_segmentor_cfg
+
+T16_ADE = str(CONFIG_DIR / 'regproxy_ade20k' /
+              'regproxy-t16-sub4+implicit-mid-4+512x512+160k+adamw-poly+'
+              'ade20k.py')
+
+
+@pytest.fixture(scope='module')
+def cfg():
+    return Config.fromfile(T16_ADE)
+
+
+def test_legacy_keys_reach_their_1x_places(capsys):
+    cfg = load_config(
+        T16_ADE, {
+            'data.samples_per_gpu': 4,
+            'data.workers_per_gpu': 0,
+            'optimizer.lr': 1e-4,
+            'optimizer.weight_decay': 0.05,
+            'runner.max_iters': 100,
+            'evaluation.interval': 50,
+            'checkpoint_config.interval': 25,
+            'log_config.interval': 5,
+            'model.pretrained': 'vit.pth',
+        })
+    assert cfg.train_dataloader.batch_size == 4
+    for split in ('train', 'val', 'test'):
+        loader = cfg[f'{split}_dataloader']
+        # torch refuses persistent workers without workers
+        assert (loader.num_workers, loader.persistent_workers) == (0, False)
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4
+    assert cfg.optim_wrapper.optimizer.weight_decay == 0.05
+    assert (cfg.train_cfg.max_iters, cfg.train_cfg.val_interval) == (100, 50)
+    assert cfg.default_hooks.checkpoint.interval == 25
+    assert cfg.default_hooks.logger.interval == 5
+    assert cfg.model.backbone.pretrained == 'vit.pth'
+    out = capsys.readouterr().out
+    assert ('data.samples_per_gpu=4 is an mmseg 0.x key, set as '
+            'train_dataloader.batch_size') in out
+    assert out.count('is an mmseg 0.x key') == len(LEGACY_KEYS)
+
+
+def test_later_overrides_win_over_translated_ones():
+    cfg = load_config(T16_ADE, {'data.samples_per_gpu': 4},
+                      {'train_dataloader.batch_size': 8})
+    assert cfg.train_dataloader.batch_size == 8
+
+
+def test_legacy_key_without_a_place():
+    small = Config(dict(train_dataloader=dict(batch_size=2)))
+    translated, notes = translate_legacy_keys(small,
+                                              {'optimizer.lr': 0.1})
+    assert translated == {}
+    assert 'not in this config' in notes[0]
+
+
+@pytest.mark.parametrize('key, message', [
+    ('model.backbone.embed_dim', "model.backbone (RegionProxyViT) takes no "
+     "'embed_dim'; closest: embed_dims"),
+    ('model.test_cfg.strid', "model.test_cfg takes no 'strid'; closest: "
+     'stride'),
+    ('load_form', "the top level takes no 'load_form'; closest: load_from"),
+    ('train_dataloader.batchsize', 'closest: batch_size'),
+    ('randomness.sed', "randomness takes no 'sed'; closest: seed"),
+    ('default_hooks.checkpont.interval', 'closest: checkpoint'),
+    ('optim_wrapper.optimizer.weight_dacay', 'closest: weight_decay'),
+    ('optim_wrapper.max_consecutive_skips', 'OptimWrapper'),
+    ('data.samples_per_gpus', "the top level takes no 'data'"),
+])
+def test_unknown_keys_are_refused_naming_the_closest(cfg, key, message):
+    with pytest.raises(ConfigKeyError, match='does not exist') as error:
+        check_override_keys(cfg, {key: 1})
+    assert message in str(error.value)
+    assert key in str(error.value)
+
+
+@pytest.mark.parametrize('options', [
+    {'model.backbone.embed_dims': 192},  # exists
+    {'model.backbone.pretrained': 'vit.pth'},  # an argument of the class
+    {'model.backbone.with_cp': True},
+    {'model.backbone.norm_cfg.requires_grad': False},  # build_norm_layer's
+    {'model.decode_head.use_unfold': True},  # ProxyHead, then its base
+    {'optim_wrapper.type': 'SkipNonFiniteOptimWrapper',
+     'optim_wrapper.max_consecutive_skips': 3},  # the new type's argument
+    {'optim_wrapper.accumulative_counts': 4},
+    {'train_dataloader.dataset.pipeline.0.skip_unreadable': True},
+    {'train_dataloader.pin_memory': True},
+    {'experiment_name': 'run0', 'visualizer.name': 'vis0'},
+    {'randomness.seed': 0, 'randomness.deterministic': True},
+    {'env_cfg.dist_cfg.timeout': 60},  # free settings: not checked
+    {'test_cfg.fp16': True},
+    {'model.backbone.init_cfg.type': 'Pretrained',
+     'model.backbone.init_cfg.checkpoint': 'x.pth'},
+    {'compile': True},
+])
+def test_keys_that_something_reads_pass(cfg, options):
+    check_override_keys(cfg, options)
+
+
+def test_load_config_ends_the_script_with_the_message():
+    with pytest.raises(SystemExit, match='closest: embed_dims'):
+        load_config(T16_ADE, None, {'model.backbone.embed_dim': 192})
+
+
+def test_config_file_near_misses_of_runner_keys(tmp_path):
+    path = tmp_path / 'typo.py'
+    path.write_text(f"_base_ = ['{T16_ADE}']\nload_form = 'init.pth'\n")
+    with pytest.raises(SystemExit, match="'load_form' is read by nothing; "
+                       "did you mean 'load_from'"):
+        load_config(str(path))
+    # variables of any other name are the config's own business
+    path.write_text(f"_base_ = ['{T16_ADE}']\nmy_lr = 1e-4\n"
+                    "val_pipeline = []\nmodels = None\n")
+    load_config(str(path))
+
+
+def test_every_config_passes_the_near_miss_check():
+    for path in sorted(CONFIG_DIR.glob('**/*.py')):
+        check_config_keys(Config.fromfile(path), str(path))
+
+
+def test_segmentor_refuses_unknown_test_cfg_keys():
+    """Also when the config file (not the command line) has the typo."""
+    cfg = tiny_segmentor_cfg(mode='slide')
+    cfg.test_cfg['strid'] = (48, 48)
+    with pytest.raises(ValueError, match="test_cfg.strid is not a setting "
+                       "of PaddedSlideEncoderDecoder: did you mean 'stride'"):
+        MODELS.build(cfg)
