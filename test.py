@@ -28,12 +28,14 @@ try:  # a broken install gets a diagnosis instead of a traceback
     from mmseg.datasets import CityscapesDataset
     from mmseg.registry import DATASETS
 
-    from regproxy.datasets import check_data_roots
+    from regproxy.datasets import check_data_roots, use_checked_loaders
     from regproxy.datasets.data_roots import leaf_datasets
     from regproxy.engine import CheckpointError
     from regproxy.utils import (DTYPES, add_common_args, build_runner, fail,
                                 load_config, log_notes, resolve_paths,
                                 set_work_dir, setup_launcher)
+    from regproxy.utils.compiled_inference import (CPU_COMPILE_NOTE,
+                                                   compile_inference)
 except ImportError as error:
     sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
                                 'check_env.py'))['stack_import_hint'](error))
@@ -115,6 +117,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         choices=list(DTYPES),
         default='float32',
         help='inference precision (autocast); bfloat16 suits the CPU')
+    parser.add_argument(
+        '--compile',
+        action='store_true',
+        help="torch.compile(mode='reduce-overhead'): CUDA graphs remove the "
+        'kernel launch cost of small models at batch 1 on GPUs; off by '
+        'default (no gain on the CPU)')
     add_common_args(parser)
     args = parser.parse_args(argv)
     resolve_paths(parser, args, ['config', 'checkpoint'])
@@ -333,6 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         check_data_roots(cfg, ('test_dataloader', ))
     except FileNotFoundError as err:
         fail(str(err))
+    use_checked_loaders(cfg, ('test_dataloader', ))
     notes += setup_launcher(cfg, args.launcher)
     runner = build_runner(cfg)
     if args.tmpdir:
@@ -340,6 +349,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         for metric in runner.test_loop.evaluator.metrics:
             metric.collect_dir = args.tmpdir
     log_notes(runner, notes)
+    if args.compile:
+        compile_inference(runner.model)
+        if get_device() == 'cpu':
+            runner.logger.warning(f'--compile: {CPU_COMPILE_NOTE}.')
     if args.dtype != 'float32' and get_device() != 'cpu':
         torch.set_autocast_dtype(get_device(), DTYPES[args.dtype])
     try:

@@ -30,8 +30,8 @@ try:  # a broken install gets a diagnosis instead of a traceback
     from mmengine.config import Config
     from mmseg.registry import MODELS
 
-    from regproxy.datasets import check_data_roots
-    from regproxy.engine import CheckpointError
+    from regproxy.datasets import check_data_roots, use_checked_loaders
+    from regproxy.engine import CheckpointError, WorkDirBusyError
     from regproxy.utils import (add_common_args, build_runner, fail,
                                 launcher_world_size, load_config, log_notes,
                                 plan_total_batch, resolve_paths,
@@ -157,9 +157,10 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
     Returns:
         tuple[Config, list[str]]: the config and notes to log.
     """
-    cfg = load_config(args.config, args.options, args.cfg_options)
-    set_work_dir(cfg, args.work_dir, args.config)
     notes = []
+    cfg = load_config(args.config, args.options, args.cfg_options,
+                      notes=notes)
+    set_work_dir(cfg, args.work_dir, args.config)
     if args.gpus is not None:
         notes.append(f'--gpus {args.gpus} is ignored: start one process per '
                      'device with --launcher (see tools/dist_train.sh).')
@@ -232,6 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
     except FileNotFoundError as err:
         fail(str(err))
+    use_checked_loaders(cfg, ('val_dataloader', ))
     notes += setup_launcher(cfg, args.launcher)
     try:
         batch_notes, warnings = plan_total_batch(
@@ -247,7 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         runner.logger.warning(warning)
     try:
         runner.train()
-    except CheckpointError as err:
+    except (CheckpointError, WorkDirBusyError) as err:
         fail(str(err))
 
 

@@ -4,8 +4,10 @@
 #
 #   tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options]
 #
-# Several nodes: NNODES, NODE_RANK, MASTER_ADDR and PORT as for
-# tools/dist_train.sh.
+# Several nodes: run it on each with the same NNODES, MASTER_ADDR (an address
+# of the node with NODE_RANK=0) and PORT, and NODE_RANK 0..NNODES-1, e.g.
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 tools/dist_test.sh CONFIG CKPT 8
+#   NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 tools/dist_test.sh CONFIG CKPT 8
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then

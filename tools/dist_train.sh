@@ -4,9 +4,13 @@
 #
 #   tools/dist_train.sh CONFIG GPUS [train.py options]
 #
-# Several nodes: run it on each with the same NNODES, MASTER_ADDR and PORT
-# and NODE_RANK 0..NNODES-1, e.g.
+# Several nodes: run it on each with the same NNODES, MASTER_ADDR (an address
+# of the node with NODE_RANK=0, reachable from all) and PORT, and NODE_RANK
+# 0..NNODES-1; GPUS is per node. Two 8-GPU nodes:
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 tools/dist_train.sh CONFIG 8
+#   NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 tools/dist_train.sh CONFIG 8
+# The total batch is NNODES x GPUS x batch_size; with fewer GPUs than the
+# recipe's 8, add --accumulate auto (see README, "Training on fewer GPUs").
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then

@@ -4,7 +4,9 @@
 #   [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS=...] \
 #       tools/slurm_train.sh PARTITION JOB_NAME CONFIG [train.py options]
 #
-# GPUS is the total over all nodes, e.g. GPUS=16 for two 8-GPU nodes.
+# GPUS is the total over all nodes, e.g. GPUS=16 for two 8-GPU nodes; srun
+# starts GPUS tasks, GPUS_PER_NODE on each node. The total batch is GPUS x
+# batch_size: with fewer than the recipe's 8 GPUs add --accumulate auto.
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then

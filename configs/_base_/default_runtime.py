@@ -27,4 +27,6 @@ custom_hooks = [
     dict(type='RNGStateHook'),
     # checkpoints that torch.load(weights_only=True) reads without help
     dict(type='WeightsOnlyCheckpointHook'),
+    # num_classes against the dataset's classes; batches of ignored labels
+    dict(type='LabelChecksHook'),
 ]

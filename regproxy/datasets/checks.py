@@ -77,7 +77,7 @@ class SampleCheck:
     ignored_pixels: int = 0
 
 
-def _is_truncated(data: bytes) -> bool:
+def is_truncated(data: bytes) -> bool:
     """Whether a JPEG or PNG file's data stops before its end marker.
 
     The end marker is checked first (cheap); only a file without it is
@@ -114,7 +114,7 @@ def _read(path: str, kind: str, problems: List[Problem],
         problems.append(Problem('unreadable', path, f'the {kind} is empty '
                                 '(0 bytes)'))
         return None
-    if _is_truncated(data):
+    if is_truncated(data):
         problems.append(
             Problem('truncated', path,
                     f'the {kind} ends early ({len(data)} bytes, no end '

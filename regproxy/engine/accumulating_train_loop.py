@@ -21,6 +21,21 @@ class _MicroBatches:
         return [next(self.batches) for _ in range(self.count)]
 
 
+def _joined(batches: List[dict]):
+    """The micro-batches as the one batch the hooks see: mmengine's
+    ``pseudo_collate`` gives dicts of lists, which are joined per key;
+    other batches are passed as the list."""
+    if all(
+            isinstance(batch, dict) and all(
+                isinstance(value, list) for value in batch.values())
+            for batch in batches):
+        return {
+            key: [item for batch in batches for item in batch[key]]
+            for key in batches[0]
+        }
+    return batches
+
+
 def _mean(values: Sequence) -> object:
     """Mean of logged values (tensors or numbers), detached."""
     values = [v.detach() if isinstance(v, torch.Tensor) else v for v in values]
@@ -50,6 +65,8 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
         run(): wrapper counts in micro-batches -> IterBasedTrainLoop.run()
         run_iter(K batches): before_train_iter -> K x model.train_step()
             -> after_train_iter (outputs: mean of the K log variables)
+
+    The hooks see the K micro-batches joined into one batch.
     """
 
     def run(self) -> torch.nn.Module:
@@ -71,8 +88,9 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
         Args:
             data_batch (list[dict]): K batches of the dataloader.
         """
+        whole = _joined(data_batch)
         self.runner.call_hook(
-            'before_train_iter', batch_idx=self._iter, data_batch=data_batch)
+            'before_train_iter', batch_idx=self._iter, data_batch=whole)
         logs = [
             self.runner.model.train_step(
                 batch, optim_wrapper=self.runner.optim_wrapper)
@@ -82,6 +100,6 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
         self.runner.call_hook(
             'after_train_iter',
             batch_idx=self._iter,
-            data_batch=data_batch,
+            data_batch=whole,
             outputs=outputs)
         self._iter += 1

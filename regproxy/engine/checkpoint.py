@@ -92,7 +92,8 @@ def trusted_checkpoints(enabled: bool = True) -> Iterator[None]:
 
 def load_checkpoint_file(filename: Union[str, Path],
                          map_location: Any = 'cpu',
-                         trust: Optional[bool] = None) -> Any:
+                         trust: Optional[bool] = None,
+                         mmap: bool = False) -> Any:
     """``torch.load`` restricted to weights, with errors naming the file.
 
     Args:
@@ -100,6 +101,8 @@ def load_checkpoint_file(filename: Union[str, Path],
         map_location: as for ``torch.load``. Default: 'cpu'.
         trust (bool, optional): unpickle in full; None follows
             :func:`trusted_checkpoints` (off by default).
+        mmap (bool): map the tensors' storage instead of reading it (cheap
+            for looking at the metadata only).
 
     Returns:
         The loaded object.
@@ -116,10 +119,10 @@ def load_checkpoint_file(filename: Union[str, Path],
     try:
         if trust:
             return torch.load(path, map_location=map_location,
-                              weights_only=False)
+                              weights_only=False, mmap=mmap)
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=map_location,
-                              weights_only=True)
+                              weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         unsafe = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(error))
         if unsafe is None:

@@ -30,5 +30,8 @@ class NonFiniteLossHook(Hook):
             raise FloatingPointError(
                 f'loss is {value} at iteration {runner.iter + 1}: training '
                 f'stopped; the latest checkpoint in {runner.work_dir} is from '
-                'before this iteration. Lower the learning rate or check the '
-                'data, then resume with --resume')
+                'before this iteration. Check the data, or lower the learning '
+                'rate and resume: --resume --cfg-options '
+                'optim_wrapper.optimizer.lr=LOWER (a checkpoint written while '
+                'the loss was already rising may hold damaged weights: then '
+                'resume an earlier one with --resume-from)')

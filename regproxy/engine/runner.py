@@ -1,14 +1,18 @@
+import copy
+import math
 import os
 import os.path as osp
 import re
 from typing import Callable, List, Optional, Union
 
+from mmengine.dist import is_main_process
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 from .checkpoint import (CheckpointError, load_checkpoint_file, load_weights,
                          trusted_checkpoints)
+from .work_dir_lock import WorkDirLock
 
 __all__ = ['RegProxyRunner', 'find_resumable_checkpoints']
 
@@ -32,6 +36,31 @@ def find_resumable_checkpoints(work_dir: str) -> List[str]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
+def _initial_lrs(optim_wrapper) -> List[float]:
+    """The learning rate each parameter group's schedule starts from."""
+    optimizer = getattr(optim_wrapper, 'optimizer', None)
+    if optimizer is None:
+        return []
+    return [g.get('initial_lr', g['lr']) for g in optimizer.param_groups]
+
+
+def _checkpoint_seed(cfg) -> Optional[int]:
+    """The seed recorded in the checkpoint a resume would start from."""
+    load_from = cfg.get('load_from')
+    candidates = [load_from] if load_from else find_resumable_checkpoints(
+        cfg.get('work_dir', ''))
+    for path in candidates:
+        try:
+            # mmap: only the metadata is read from disk
+            meta = load_checkpoint_file(
+                path, trust=cfg.get('trust_checkpoint', False),
+                mmap=True).get('meta', {})
+        except CheckpointError:
+            continue  # resuming reports it
+        return meta.get('seed')
+    return None
+
+
 @RUNNERS.register_module()
 class RegProxyRunner(Runner):
     """mmengine's Runner with safe, checked checkpoint loading.
@@ -51,6 +80,8 @@ class RegProxyRunner(Runner):
     ``after_load_checkpoint`` hooks see (and may edit) the checkpoint before
     its weights go into the model.
     """
+
+    _loaded_meta: dict = {}  # meta of the checkpoint loaded last
 
     @property
     def trust_checkpoint(self) -> bool:
@@ -83,6 +114,12 @@ class RegProxyRunner(Runner):
         """
         checkpoint = load_checkpoint_file(
             filename, map_location, trust=self.trust_checkpoint)
+        meta = checkpoint.get('meta')
+        if isinstance(meta, dict) and not self.trust_checkpoint:
+            # mmengine's resume would run this 0.x config text as Python
+            meta.pop('config', None)
+        self._loaded_meta = dict(meta or {}, message_hub=checkpoint.get(
+            'message_hub', {}).get('runtime_info', {}))
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model
         # DDP and the test-time-augmentation wrapper hold the segmentor in
@@ -99,6 +136,92 @@ class RegProxyRunner(Runner):
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
+
+    @classmethod
+    def from_cfg(cls, cfg) -> 'RegProxyRunner':
+        """mmengine's, but an unseeded run that resumes takes the seed of
+        its checkpoint before anything random is drawn: the samplers and
+        dataloader workers are seeded when the runner builds them, before
+        mmengine's resume would restore the seed."""
+        randomness = dict(cfg.get('randomness') or {})
+        if cfg.get('resume') and randomness.get('seed') is None:
+            seed = _checkpoint_seed(cfg)
+            if seed is not None:
+                cfg = copy.deepcopy(cfg)
+                cfg.randomness = dict(randomness, seed=seed)
+        return super().from_cfg(cfg)
+
+    def save_checkpoint(self, out_dir: str, filename: str, *args,
+                        meta: Optional[dict] = None, **kwargs) -> None:
+        """mmengine's, recording the training batch in ``meta`` so that a
+        resumed run can say whether it differs."""
+        loader = self.train_dataloader
+        meta = dict(meta or {}, train_batch=dict(
+            batch_size=getattr(loader, 'batch_size', None),
+            world_size=self.world_size))
+        super().save_checkpoint(out_dir, filename, *args, meta=meta,
+                                **kwargs)
+
+    def resume(self, filename: str, resume_optimizer: bool = True,
+               resume_param_scheduler: bool = True,
+               map_location='default') -> None:
+        """mmengine's resume; where the config's learning rate, batch or
+        ``max_iters`` differ from the checkpoint's, the log says so and
+        which wins. The config's learning rate wins: the resumed schedule
+        is scaled to it (``--resume --cfg-options
+        optim_wrapper.optimizer.lr=X`` lowers it)."""
+        configured = _initial_lrs(self.optim_wrapper)
+        super().resume(filename, resume_optimizer, resume_param_scheduler,
+                       map_location)
+        for note in self._settings_that_differ(configured):
+            self.logger.warning(f'resuming {filename}: {note}')
+
+    def _settings_that_differ(self, configured: List[float]) -> List[str]:
+        notes = []
+        resumed = _initial_lrs(self.optim_wrapper)
+        if configured and resumed and not all(
+                math.isclose(c, r, rel_tol=1e-9)
+                for c, r in zip(configured, resumed)):
+            self._scale_lrs([c / r if r else 1.
+                             for c, r in zip(configured, resumed)])
+            notes.append(
+                f'lr {max(resumed):g} in the checkpoint, {max(configured):g} '
+                "in the config: the config's wins (the resumed schedule is "
+                'scaled to it)')
+        meta = self._loaded_meta
+        batch = meta.get('train_batch') or {}
+        now = dict(batch_size=getattr(self.train_dataloader, 'batch_size',
+                                      None), world_size=self.world_size)
+        if batch and batch != now:
+            notes.append(
+                f'batch {batch["world_size"]} x {batch["batch_size"]} in '
+                f'the checkpoint, {now["world_size"]} x '
+                f'{now["batch_size"]} now: the config\'s wins')
+        max_iters = meta['message_hub'].get('max_iters')
+        if max_iters is not None and max_iters != self.max_iters:
+            notes.append(
+                f'max_iters {max_iters} in the checkpoint, {self.max_iters} '
+                "in the config: the config's wins for the loop; the "
+                'parameter schedulers keep their resumed begin/end')
+        return notes
+
+    def _scale_lrs(self, ratios: List[float]) -> None:
+        """Scale the optimizer's learning rates and the schedulers' base
+        values group by group."""
+        groups = self.optim_wrapper.optimizer.param_groups
+        for group, ratio in zip(groups, ratios):
+            for key in ('lr', 'initial_lr'):
+                if key in group:
+                    group[key] *= ratio
+        schedulers = self.param_schedulers or []
+        if isinstance(schedulers, dict):
+            schedulers = [s for group in schedulers.values() for s in group]
+        for scheduler in schedulers:
+            if getattr(scheduler, 'param_name', None) != 'lr':
+                continue
+            scheduler.base_values = [
+                v * r for v, r in zip(scheduler.base_values, ratios)]
+            scheduler._last_value = [group['lr'] for group in groups]
 
     def load_or_resume(self) -> None:
         """mmengine's, except for resuming without ``load_from``: the newest
@@ -133,8 +256,13 @@ class RegProxyRunner(Runner):
             return method(*args, **kwargs)
 
     def train(self):
-        # The backbone's ``pretrained`` file is read inside the loop's set-up.
-        return self._with_trust(super().train)
+        """mmengine's training, holding the work dir (:class:`WorkDirLock`,
+        on the main process) and trusting checkpoint files as configured:
+        the backbone's ``pretrained`` file is read inside the set-up."""
+        if not is_main_process():
+            return self._with_trust(super().train)
+        with WorkDirLock(self.work_dir):
+            return self._with_trust(super().train)
 
     def val(self):
         return self._with_trust(super().val)

@@ -5,9 +5,11 @@ import torch
 import torch.nn as nn
 import torch.distributed as torch_dist
 from mmengine.dist import all_reduce, is_distributed
-from mmengine.logging import print_log
+from mmengine.logging import MessageHub, print_log
 from mmengine.optim import OptimWrapper
 from mmseg.registry import OPTIM_WRAPPERS
+
+from .checkpoint import CheckpointError, load_checkpoint_file
 
 __all__ = ['SkipNonFiniteOptimWrapper']
 
@@ -43,7 +45,32 @@ class SkipNonFiniteOptimWrapper(OptimWrapper):
         self.max_consecutive_skips = max_consecutive_skips
         self.consecutive_skips = 0
         self.total_skips = 0
+        # (iteration, latest checkpoint then) of the first skipped step
+        self.first_skip = None
         self._saved_buffers = []
+
+    def _last_checkpoint_note(self) -> str:
+        """Name the last checkpoint written before the first skipped step
+        and say whether its weights are finite (loaded to check)."""
+        iteration, path = self.first_skip
+        if not path:
+            return (f'No checkpoint was written before the first skipped '
+                    f'step (iteration {iteration}): check the data, or lower '
+                    'the learning rate and start again.')
+        try:
+            weights = load_checkpoint_file(path).get('state_dict', {})
+            finite = all(torch.isfinite(w).all() for w in weights.values()
+                         if torch.is_tensor(w) and w.is_floating_point())
+            state = ('its weights are all finite' if finite else
+                     'some of its weights are NOT finite: use an earlier one')
+        except CheckpointError as error:
+            state = f'it cannot be read: {error}'
+        return (f'The last checkpoint written before the first skipped step '
+                f'(iteration {iteration}) is {path}; {state}. Check the data, '
+                'or lower the learning rate and resume from it: --resume-from '
+                f'{path} --cfg-options optim_wrapper.optimizer.lr=LOWER (if '
+                'the loss was already rising when it was written, its weights '
+                'may be damaged although finite: then take an earlier one).')
 
     @contextmanager
     def optim_context(self, model: nn.Module):
@@ -74,13 +101,14 @@ class SkipNonFiniteOptimWrapper(OptimWrapper):
         self.consecutive_skips += 1
         self.total_skips += 1
         iteration = self._inner_count + 1
+        if self.first_skip is None:
+            self.first_skip = (iteration, MessageHub.get_current_instance()
+                               .get_info('last_ckpt'))
         if self.consecutive_skips >= self.max_consecutive_skips:
             raise FloatingPointError(
                 f'loss not finite for {self.consecutive_skips} iterations in '
                 f'a row, the last at iteration {iteration}: training stopped. '
-                'Skipped steps leave the weights as they were, so the latest '
-                'checkpoint holds good ones: lower the learning rate or check '
-                'the data, then resume')
+                + self._last_checkpoint_note())
         print_log(
             f'loss not finite at iteration {iteration} (here: {loss.item()}): '
             f'update skipped ({self.consecutive_skips} in a row, '

@@ -11,7 +11,7 @@ import copy
 import os.path as osp
 import re
 import sys
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, List, NoReturn, Optional, Sequence
 
 import torch
 from mmengine.config import Config, DictAction
@@ -181,7 +181,9 @@ def resolve_paths(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error(f'unexpected extra path(s): {" ".join(positionals)}')
 
 
-def load_config(path: str, *overrides: Optional[dict]) -> Config:
+def load_config(path: str,
+                *overrides: Optional[dict],
+                notes: Optional[List[str]] = None) -> Config:
     """Load a config file and merge command-line overrides into it.
 
     Keys that nothing would read end the script, naming the closest known
@@ -193,6 +195,8 @@ def load_config(path: str, *overrides: Optional[dict]) -> Config:
         path (str): config file.
         *overrides (dict, optional): ``DictAction`` results, merged in order
             (a later one wins on the same key); ``None`` entries are skipped.
+        notes (list[str], optional): receives the translation notes, to log
+            once the runner's logger exists; None logs them at once.
 
     Returns:
         Config: the merged config.
@@ -202,9 +206,13 @@ def load_config(path: str, *overrides: Optional[dict]) -> Config:
     try:
         check_config_keys(cfg, path)
         for options in overrides:
-            translated, notes = translate_legacy_keys(cfg, options or {})
-            for note in notes:
-                print_log(note, logger='current')
+            translated, translations = translate_legacy_keys(
+                cfg, options or {})
+            for note in translations:
+                if notes is None:
+                    print_log(note, logger='current')
+                else:
+                    notes.append(note)
             merged.update(translated)
         check_override_keys(cfg, merged)
     except ConfigKeyError as error:

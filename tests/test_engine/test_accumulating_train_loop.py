@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from torch.utils.data import Dataset
 
@@ -131,3 +132,19 @@ def test_resume_between_steps_matches_uninterrupted(tmp_path):
     assert resumed.model.forwards == 4
     for key, expected in _weights(full).items():
         assert torch.equal(_weights(resumed)[key], expected), key
+
+
+def test_hooks_see_the_micro_batches_as_one_batch(tmp_path):
+    runner = _runner(tmp_path, 2, 4, max_iters=2)
+    seen = []
+
+    class Recorder(Hook):
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            seen.append(torch.stack(data_batch['labels']))
+
+    runner.register_hook(Recorder())
+    runner.train()
+    labels = Samples().labels
+    assert [s.tolist() for s in seen] == [labels[:8].tolist(),
+                                          labels[8:16].tolist()]

@@ -516,11 +516,18 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(
 
 def test_skip_non_finite_steps_then_stop(tiny_config, tmp_path):
     with pytest.raises(FloatingPointError,
-                       match='3 iterations in a row, the last at iteration 4'):
+                       match='3 iterations in a row, the last at iteration 4'
+                       ) as error:
         _train(str(tiny_config), '--work-dir', str(tmp_path),
                '--no-validate', '--cfg-options', *DIVERGE,
                'optim_wrapper.type=SkipNonFiniteOptimWrapper',
                'optim_wrapper.max_consecutive_skips=3')
+    # Named, and checked: finite weights (of 1e30, so resuming may still
+    # fail, which the message says too).
+    assert (f'before the first skipped step (iteration 2) is '
+            f'{tmp_path / "iter_1.pth"}; its weights are all finite'
+            in str(error.value))
+    assert 'may be damaged although finite' in str(error.value)
     # Skipped steps leave the weights as they were: 2 and 3 equal 1.
     weights = [
         torch.load(tmp_path / f'iter_{i}.pth', weights_only=True)
@@ -694,3 +701,107 @@ def test_broken_stack_gets_the_environment_check(script, tmp_path):
     assert 'cannot import the training stack' in proc.stderr
     assert 'mmengine is broken here' in proc.stderr
     assert 'python tools/misc/check_env.py' in proc.stderr
+
+
+# One run per work dir; resuming with other settings -------------------------
+
+
+def test_second_training_into_a_busy_work_dir_stops(tiny_config, tmp_path):
+    holder = subprocess.Popen([sys.executable, '-c',
+                               'import time; time.sleep(60)'])
+    try:
+        (tmp_path / '.train.lock').write_text(
+            f'{socket.gethostname()} {holder.pid}')
+        with pytest.raises(SystemExit) as err:
+            _train(str(tiny_config), '--work-dir', str(tmp_path))
+        assert f'process {holder.pid}' in str(err.value)
+        assert not list(tmp_path.glob('*.pth'))
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is taken over
+    _train(str(tiny_config), '--work-dir', str(tmp_path), '--no-validate',
+           '--cfg-options', 'train_cfg.max_iters=2')
+    assert (tmp_path / 'iter_2.pth').is_file()
+    assert not (tmp_path / '.train.lock').exists()
+
+
+def test_resume_with_a_lower_lr_uses_it_and_says_so(tiny_config, trained,
+                                                    tmp_path, capsys):
+    work = _work_dir_with(tmp_path, trained, ['iter_4.pth'])
+    _train(str(tiny_config), '--work-dir', str(work), '--resume',
+           '--no-validate', '--cfg-options', 'train_cfg.max_iters=6',
+           'optim_wrapper.optimizer.lr=1e-4',
+           'train_dataloader.batch_size=1')
+    log = capsys.readouterr().out
+    assert "lr 0.001 in the checkpoint, 0.0001 in the config: the config's " \
+        'wins' in log
+    assert "batch 1 x 2 in the checkpoint, 1 x 1 now: the config's wins" \
+        in log
+    assert "max_iters 4 in the checkpoint, 6 in the config" in log
+    groups = torch.load(work / 'iter_6.pth', weights_only=True)[
+        'optimizer']['param_groups']
+    assert max(g['lr'] for g in groups) == pytest.approx(1e-4)
+
+
+def test_the_nan_advice_works_as_written(tiny_config, tmp_path):
+    """lr warms up towards 1e30: iteration 1 is fine, 2 damages the weights,
+    3 gives NaN. Resuming the latest (damaged) checkpoint with a lower lr
+    fails again at once; an earlier one, as the message advises, trains."""
+    config = tmp_path / 'ramp.py'
+    config.write_text(
+        f"_base_ = ['{tiny_config}']\n"
+        "param_scheduler = [dict(type='LinearLR', start_factor=1e-33, "
+        'by_epoch=False, begin=0, end=4)]\n')
+    ramp = ['optim_wrapper.optimizer.lr=1e30', 'train_cfg.max_iters=6',
+            'default_hooks.checkpoint.interval=1']
+    with pytest.raises(FloatingPointError) as error:
+        _train(str(config), '--work-dir', str(tmp_path),
+               '--no-validate', '--cfg-options', *ramp)
+    message = str(error.value)
+    assert 'at iteration 3' in message
+    assert ('--resume --cfg-options optim_wrapper.optimizer.lr=LOWER'
+            in message and '--resume-from' in message)
+    lower = [*ramp[1:], 'optim_wrapper.optimizer.lr=1e-3']
+    with pytest.raises(FloatingPointError):
+        _train(str(config), '--work-dir', str(tmp_path), '--resume',
+               '--no-validate', '--cfg-options', *lower)
+    _train(str(config), '--work-dir', str(tmp_path), '--resume-from',
+           str(tmp_path / 'iter_1.pth'), '--no-validate', '--cfg-options',
+           *lower)
+    assert (tmp_path / 'iter_6.pth').is_file()
+    losses = _losses(tmp_path)
+    assert all(math.isfinite(x) for x in losses[-5:])
+
+
+def test_num_classes_must_match_the_dataset(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match=r'num_classes=4 but the '
+                       r'train_dataloader dataset \(ShapesDataset\) has 8'):
+        _train(str(tiny_config), '--work-dir', str(tmp_path),
+               '--cfg-options', 'model.decode_head.num_classes=4')
+
+
+@pytest.mark.slow
+def test_unseeded_run_resumes_with_its_seed(tiny_config, tmp_path):
+    """An unseeded run, stopped and resumed, ends where a run seeded with
+    its recorded seed ends."""
+    def command(work_dir, max_iters, *extra):
+        return ['train.py', str(tiny_config), '--work-dir', str(work_dir),
+                '--deterministic', '--no-validate', '--cfg-options',
+                'randomness.seed=None', f'train_cfg.max_iters={max_iters}',
+                'train_dataloader.num_workers=1',
+                'model.backbone.drop_path_rate=0.2', *extra]
+
+    unseeded = tmp_path / 'unseeded'
+    _run(command(unseeded, 2))
+    seed = torch.load(unseeded / 'iter_2.pth', weights_only=True)[
+        'meta']['seed']
+    _run(command(unseeded, 4) + ['--resume'])
+    seeded = tmp_path / 'seeded'
+    _run(command(seeded, 4, f'randomness.seed={seed}'))
+    expected = torch.load(seeded / 'iter_4.pth', weights_only=True)
+    resumed = torch.load(unseeded / 'iter_4.pth', weights_only=True)
+    assert resumed['meta']['seed'] == seed
+    for key, value in expected['state_dict'].items():
+        diff = (resumed['state_dict'][key].double() - value.double()).abs()
+        assert diff.max() <= 1e-6, key

@@ -4,7 +4,10 @@ memory", says what each path is and how it is measured).
 
     python tools/analysis/benchmark.py CONFIG [CHECKPOINT] [--shape H W]
         [--batch N] [--iters N] [--warmup N] [--dtypes float32 bfloat16]
-        [--train] [--glibc-defaults]
+        [--train] [--glibc-defaults] [--with-cp] [--compile]
+
+``--compile`` times ours compiled (``torch.compile(mode='reduce-overhead')``,
+CUDA graphs on a GPU) against ours eager, instead of the straightforward path.
 
 ``tools/analysis/head_memory.py`` measures the head alone.
 """
@@ -13,6 +16,7 @@ import copy
 import inspect
 import json
 import os
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -31,6 +35,8 @@ from regproxy.models.backbones import RegionProxyViT
 from regproxy.models.utils import standalone_model_cfg
 from regproxy.utils import (DTYPES, add_trust_checkpoint_arg, fail,
                             keep_freed_memory)
+from regproxy.utils.compiled_inference import (CPU_COMPILE_NOTE,
+                                               compile_inference)
 from regproxy.utils.profiling import (autocast, cpu_has_bf16,
                                       peak_in_subprocess, peak_memory,
                                       print_comparison, print_peak,
@@ -81,13 +87,17 @@ def straightforward_cfg(model_cfg: dict) -> dict:
 
 
 def build_model(cfg: Config, path: str, device: torch.device) -> nn.Module:
-    """Segmentor of ``path`` (``ours`` or ``straightforward``) with
-    PyTorch's default initialisation: the paths get the same weights by
-    copying, so no pretrained file is read."""
+    """Segmentor of ``path`` (``ours``, ``straightforward`` or ``compiled``:
+    ours with a compiled ``encode_decode``) with PyTorch's default
+    initialisation: the paths get the same weights by copying, so no
+    pretrained file is read."""
     model_cfg = standalone_model_cfg(cfg.model)
     if path == 'straightforward':
         model_cfg = straightforward_cfg(model_cfg)
-    return MODELS.build(model_cfg).to(device)
+    model = MODELS.build(model_cfg).to(device)
+    if path == 'compiled':
+        compile_inference(model)
+    return model
 
 
 def make_inputs(batch: int, shape: Tuple[int, int],
@@ -167,6 +177,8 @@ def run_worker(args: argparse.Namespace) -> None:
     inputs = make_inputs(batch, tuple(args.shape), device)
     make_step = inference_step if spec['mode'] == 'infer' else train_step
     step = make_step(model, inputs, device, DTYPES[spec['dtype']])
+    if spec['path'] == 'compiled':
+        step()  # compiles; the compiler's memory is not the model's
     print_peak(peak_memory(step, MEMORY_STEPS, device))
 
 
@@ -176,7 +188,7 @@ def worker_peak(args: argparse.Namespace, spec: dict) -> int:
         os.path.abspath(__file__), args.config, '--batch', str(args.batch),
         '--train-batch', str(args.train_batch), '--device', args.device,
         '--shape', *map(str, args.shape), '--worker', json.dumps(spec)
-    ])
+    ] + (['--with-cp'] if args.with_cp else []))
 
 
 def benchmark_models(args: argparse.Namespace, cfg: Config) -> List[dict]:
@@ -184,17 +196,23 @@ def benchmark_models(args: argparse.Namespace, cfg: Config) -> List[dict]:
     device = torch.device(args.device)
     shape = tuple(args.shape)
     torch.manual_seed(0)
-    models = {path: build_model(cfg, path, device) for path in PATHS}
+    # Timed pairs: ours first, then the reference.
+    paths = ('compiled', 'ours') if args.compile else PATHS
+    models = {path: build_model(cfg, path, device) for path in paths}
     if args.checkpoint:
         with trusted_checkpoints(args.trust_checkpoint):
             load_segmentor_checkpoint(models['ours'], args.checkpoint)
     # Same weights: the names of plain ViTs are mmseg's (strict load).
-    models['straightforward'].load_state_dict(models['ours'].state_dict())
+    other = paths[0] if args.compile else paths[1]
+    models[other].load_state_dict(models['ours'].state_dict())
+    start = time.perf_counter()
     diff, scale = compare_logits(models,
                                  make_inputs(args.batch, shape, device),
                                  device)
-    print(f'float32 logits, ours vs straightforward: max |diff| {diff:.3g} '
-          f'(max |logit| {scale:.3g})')
+    if args.compile:
+        print(f'compiled (first call) in {time.perf_counter() - start:.1f} s')
+    print(f'float32 logits, {paths[0]} vs {paths[1]}: max |diff| '
+          f'{diff:.3g} (max |logit| {scale:.3g})')
     if diff > 1e-4 * max(scale, 1.):
         raise RuntimeError('the two paths disagree; timings would compare '
                            'different models')
@@ -209,7 +227,7 @@ def benchmark_models(args: argparse.Namespace, cfg: Config) -> List[dict]:
                 for path, model in models.items()
             }
             times = time_steps(steps, args.iters, args.warmup, device)
-            for path in PATHS:
+            for path in paths:
                 spec = dict(path=path, mode=mode, dtype=dtype)
                 rows.append(dict(spec, case=f'{shape[0]}x{shape[1]}',
                                  batch=batch, times=times[path],
@@ -242,12 +260,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='time with glibc malloc as it comes (default on the CPU: keep '
         'freed memory for reuse, as train.py and test.py do)')
     parser.add_argument(
+        '--with-cp', action='store_true',
+        help='activation checkpointing in both backbones (with_cp)')
+    parser.add_argument(
+        '--compile', action='store_true',
+        help="time ours under torch.compile(mode='reduce-overhead') (CUDA "
+        'graphs on a GPU) against ours eager; off by default, as it gives '
+        'no gain on the CPU')
+    parser.add_argument(
         '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     add_trust_checkpoint_arg(parser)
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == 'cpu' and 'float16' in args.dtypes:
         parser.error('float16 autocast is for CUDA; use bfloat16 on the CPU')
+    if args.compile and args.train:
+        parser.error('--compile times inference only; drop --train')
     if args.shape is not None and min(args.shape) < 1:
         parser.error(f'--shape must be positive, got {args.shape}')
     return args
@@ -257,6 +285,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     register_all_modules()
     cfg = Config.fromfile(args.config)
+    if args.with_cp:
+        cfg.model.backbone.with_cp = True
     args.shape = list(args.shape or cfg.get('crop_size', (512, 512)))
     if args.worker:
         run_worker(args)
@@ -270,6 +300,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             and not cpu_has_bf16()):
         print('note: this CPU has no bfloat16 instructions; bfloat16 '
               'autocast is emulated and slower than float32 here')
+    if args.device == 'cpu' and args.compile:
+        print(f'note: {CPU_COMPILE_NOTE}')
     print(f'input {args.batch}x3x{args.shape[0]}x{args.shape[1]}'
           f' (training: batch {args.train_batch})')
     try:

@@ -1,3 +1,7 @@
-from .loading import CheckedLoadAnnotations, CheckedLoadImageFromFile
+from .loading import (CheckedLoadAnnotations, CheckedLoadImageFromFile,
+                      use_checked_loaders)
 
-__all__ = ['CheckedLoadAnnotations', 'CheckedLoadImageFromFile']
+__all__ = [
+    'CheckedLoadAnnotations', 'CheckedLoadImageFromFile',
+    'use_checked_loaders'
+]

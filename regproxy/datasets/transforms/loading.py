@@ -18,7 +18,11 @@ from mmengine.logging import print_log
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import TRANSFORMS
 
-__all__ = ['CheckedLoadImageFromFile', 'CheckedLoadAnnotations']
+from ..checks import is_truncated
+
+__all__ = [
+    'CheckedLoadImageFromFile', 'CheckedLoadAnnotations', 'use_checked_loaders'
+]
 
 
 def _unreadable(kind: str, path: str, error: Exception,
@@ -55,11 +59,25 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
         self.skip_unreadable = skip_unreadable
 
     def transform(self, results: dict) -> Optional[dict]:
+        path = results['img_path']
         try:
-            return super().transform(results)
+            data = fileio.get(path, backend_args=self.backend_args)
+            # cv2 fills the missing part of a cut JPEG with grey, silently
+            if is_truncated(data):
+                raise OSError('the file ends before its end marker '
+                              '(truncated)')
+            img = mmcv.imfrombytes(data, flag=self.color_type,
+                                   backend=self.imdecode_backend)
         except Exception as error:  # any decoder, any file backend
-            return _unreadable('image', results['img_path'], error,
+            return _unreadable('image', path, error, self.skip_unreadable)
+        if img is None:
+            return _unreadable('image', path, AssertionError(),
                                self.skip_unreadable)
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results.update(img=img, img_shape=img.shape[:2],
+                       ori_shape=img.shape[:2])
+        return results
 
 
 @TRANSFORMS.register_module()
@@ -106,6 +124,14 @@ class CheckedLoadAnnotations(LoadAnnotations):
                 backend=self.imdecode_backend)
         except Exception as error:
             return _unreadable('label map', path, error, self.skip_unreadable)
+        image_shape = results.get('ori_shape')
+        if image_shape is not None and tuple(labels.shape[:2]) != tuple(
+                image_shape):
+            raise ValueError(
+                f'label map {path} is {labels.shape[0]}x{labels.shape[1]} '
+                f'but its image {results.get("img_path")} is '
+                f'{image_shape[0]}x{image_shape[1]}: they must have the '
+                'same size')
         results['gt_seg_map'] = self._checked_labels(labels, path, results)
         results['seg_fields'].append('gt_seg_map')
         return results
@@ -155,3 +181,31 @@ class CheckedLoadAnnotations(LoadAnnotations):
                 f'{expected}. Check num_classes and reduce_zero_label, and '
                 'that labels hold class ids rather than colours')
         return labels.astype(np.uint8)
+
+
+def use_checked_loaders(cfg, loaders) -> None:
+    """Load images with :class:`CheckedLoadImageFromFile` in the named
+    dataloaders of ``cfg`` (in place, ``TestTimeAug`` included).
+
+    Test pipelines name mmcv's ``LoadImageFromFile``, which mmseg's
+    ``MMSegInferencer`` looks up by name to replace; ``train.py`` and
+    ``test.py`` swap in the checked loader for the datasets they score.
+
+    Args:
+        cfg (Config): the config.
+        loaders (Sequence[str]): e.g. ``('val_dataloader', )``.
+    """
+
+    def swap(node):
+        if isinstance(node, dict):
+            if node.get('type') == 'LoadImageFromFile':
+                node['type'] = 'CheckedLoadImageFromFile'
+            for value in node.values():
+                swap(value)
+        elif isinstance(node, list):
+            for value in node:
+                swap(value)
+
+    for loader in loaders:
+        if cfg.get(loader):
+            swap(cfg[loader]['dataset'])

@@ -186,3 +186,40 @@ def test_inference_on_image_formats(tmp_path, shapes_model, kind):
     result = inference_model(shapes_model, str(path))
     assert result.pred_sem_seg.data.shape == (1, 48, 64)
     assert torch.isfinite(result.seg_logits.data).all()
+
+
+# Cut files and sizes that differ -------------------------------------------
+
+
+def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path):
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), np.uint8)
+    path = _write(tmp_path / 'cut.jpg', image)
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    assert cv2.imread(str(path)) is not None  # cv2 alone fills it with grey
+    with pytest.raises(OSError, match=f'cannot read image {path}.*truncated'):
+        CheckedLoadImageFromFile()(dict(img_path=str(path)))
+    assert CheckedLoadImageFromFile(skip_unreadable=True)(
+        dict(img_path=str(path))) is None
+
+
+def test_label_map_of_another_size_names_both_files(tmp_path):
+    image = _write(tmp_path / 'a.jpg', np.zeros((40, 50, 3), np.uint8))
+    labels = _write(tmp_path / 'a.png', np.zeros((40, 60), np.uint8))
+    results = CheckedLoadImageFromFile()(dict(img_path=str(image)))
+    results.update(seg_map_path=str(labels), reduce_zero_label=False,
+                   seg_fields=[])
+    with pytest.raises(ValueError, match=rf'{labels} is 40x60 but its image '
+                       rf'{image} is 40x50'):
+        CheckedLoadAnnotations(num_classes=8)(results)
+
+
+def test_scripts_check_the_test_images_mmseg_inferencer_keeps_stock():
+    from regproxy.datasets import use_checked_loaders
+    cfg = Config.fromfile(CONFIG)
+    assert cfg.test_dataloader.dataset.pipeline[0].type == 'LoadImageFromFile'
+    use_checked_loaders(cfg, ('test_dataloader', ))
+    assert (cfg.test_dataloader.dataset.pipeline[0].type ==
+            'CheckedLoadImageFromFile')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    use_checked_loaders(cfg, ('test_dataloader', ))
+    assert cfg.tta_pipeline[0].type == 'CheckedLoadImageFromFile'
