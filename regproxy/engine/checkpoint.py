@@ -124,16 +124,33 @@ def load_checkpoint_file(filename: Union[str, Path],
             return torch.load(path, map_location=map_location,
                               weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        unsafe = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(error))
-        if unsafe is None:
+        asks = _refused_request(str(error))
+        if asks is None:
             raise _unreadable(path, error) from None
         raise CheckpointError(
-            f'refusing to load {path}: it asks for {unsafe.group(1)}, which '
-            'is not a type checkpoints hold (regproxy.engine.SAFE_GLOBALS); '
-            f'unpickling it could run code from the file. {TRUST_HINT}'
-        ) from None
+            f'refusing to load {path}: it asks for {asks}, which is not what '
+            'checkpoints hold (regproxy.engine.SAFE_GLOBALS); unpickling it '
+            f'could run code from the file. {TRUST_HINT}') from None
     except Exception as error:  # torch raises many kinds on a bad file
         raise _unreadable(path, error) from None
+
+
+# What torch's weights-only unpickler says when a file asks for more than
+# weights (as opposed to a file that is cut or corrupt).
+_REFUSALS = [
+    re.compile(r'GLOBAL ([\w.]+)'),  # a global outside the allow-list
+    re.compile(r'call reduce for unrecognized function (.+)'),
+    re.compile(r'Can only (?:build|create new object) .* but got (.+)'),
+]
+
+
+def _refused_request(message: str) -> Optional[str]:
+    """What a file asked for that the weights-only unpickler refused."""
+    for pattern in _REFUSALS:
+        match = pattern.search(message)
+        if match:
+            return match.group(1).strip()
+    return None
 
 
 def _unreadable(path: Path, error: BaseException) -> CheckpointError:

@@ -171,6 +171,28 @@ def test_saved_file_is_whole_or_absent(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ['iter_4.pth']  # no temporary left
 
 
+class RunsCommand:
+    """Unpickling it runs a shell command: os.system, from a blocked
+    module."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}', )
+
+
+def test_shell_command_in_a_checkpoint_is_refused(tmp_path):
+    marker = tmp_path / 'marker'
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'meta': RunsCommand(marker)}, path)
+    with pytest.raises(CheckpointError,
+                       match=rf'refusing to load {path}: it asks for '
+                       r'posix.system'):
+        load_checkpoint_file(path)
+    assert not marker.exists()
+
+
 class ReadsAttribute:
     """Unpickling it calls getattr on something other than a statistics
     method of HistoryBuffer."""
