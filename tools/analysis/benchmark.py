@@ -166,10 +166,9 @@ def compare_logits(models: Dict[str, nn.Module], inputs: torch.Tensor,
     return diff, logits[0].abs().max().item()
 
 
-def run_worker(args: argparse.Namespace) -> None:
+def run_worker(args: argparse.Namespace, cfg: Config) -> None:
     """Subprocess body: build one case, print its peak memory."""
     spec = json.loads(args.worker)
-    cfg = Config.fromfile(args.config)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_model(cfg, spec['path'], device)
@@ -289,7 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         cfg.model.backbone.with_cp = True
     args.shape = list(args.shape or cfg.get('crop_size', (512, 512)))
     if args.worker:
-        run_worker(args)
+        run_worker(args, cfg)
         return
     reuse = (args.device == 'cpu' and not args.glibc_defaults
              and keep_freed_memory())
