@@ -1,6 +1,5 @@
 """tools/analysis/benchmark.py, tools/demo.py and
 tools/deployment/pytorch2onnx.py on a tiny randomly initialised model."""
-import importlib.util
 import re
 from pathlib import Path
 
@@ -9,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 4
@@ -40,19 +41,11 @@ test_pipeline = [
 """
 
 
-def _load_tool(relative: str):
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _load_tool('tools/analysis/benchmark.py')
-head_memory = _load_tool('tools/analysis/head_memory.py')
-demo = _load_tool('tools/demo.py')
-pytorch2onnx = _load_tool('tools/deployment/pytorch2onnx.py')
-vit2regproxy = _load_tool('tools/model_converters/vit2regproxy.py')
+benchmark = load_script('tools/analysis/benchmark.py')
+head_memory = load_script('tools/analysis/head_memory.py')
+demo = load_script('tools/demo.py')
+pytorch2onnx = load_script('tools/deployment/pytorch2onnx.py')
+vit2regproxy = load_script('tools/model_converters/vit2regproxy.py')
 
 
 @pytest.fixture(scope='module')

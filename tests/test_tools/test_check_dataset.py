@@ -1,6 +1,5 @@
 """tools/misc/check_dataset.py and regproxy.datasets.checks on a tiny
 generated shapes dataset, clean and with planted faults."""
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from regproxy.datasets import CheckedLoadAnnotations, generate_shapes_dataset
 from regproxy.datasets.checks import check_sample, map_label_counts
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 8
@@ -35,16 +35,7 @@ test_dataloader = val_dataloader
 """
 
 
-def _load_tool():
-    path = REPO / 'tools' / 'misc' / 'check_dataset.py'
-    spec = importlib.util.spec_from_file_location('regproxy_check_dataset',
-                                                  path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check_dataset = _load_tool()
+check_dataset = load_script('tools/misc/check_dataset.py')
 
 
 @pytest.fixture(scope='module')

@@ -1,7 +1,6 @@
 """tools/misc/check_env.py: the report of this environment, and mismatches
 made with another requirements file or monkeypatched versions."""
 import importlib.metadata as metadata
-import importlib.util
 import os
 import runpy
 import subprocess
@@ -10,19 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / 'tools' / 'misc' / 'check_env.py'
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location('regproxy_check_env',
-                                                  SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check_env = _load_script()
+check_env = load_script('tools/misc/check_env.py')
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -1,7 +1,6 @@
 """tools/model_converters/regproxy_0x_to_1x.py on a released-layout (mmseg
 0.x) checkpoint made from the conformance weights of the ADE20K ViT-Ti/16
 model, and the files it refuses."""
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from mmseg.datasets import ADE20KDataset
 
 from regproxy.engine.checkpoint import load_weights
 from tests.conformance import CONFIG_DIR, conformance_path
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 T16 = CONFIG_DIR / 'regproxy_ade20k' / (
@@ -21,15 +21,8 @@ T16_CITYSCAPES = CONFIG_DIR / 'regproxy_cityscapes' / (
     'regproxy-t16-sub4+implicit-mid-2+768x768+80k+adamw-poly+cityscapes.py')
 
 
-def _load_tool():
-    path = REPO / 'tools' / 'model_converters' / 'regproxy_0x_to_1x.py'
-    spec = importlib.util.spec_from_file_location('regproxy_0x_to_1x', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-converter = _load_tool()
+converter = load_script(
+    'tools/model_converters/regproxy_0x_to_1x.py')
 
 
 @pytest.fixture(scope='module')

@@ -4,7 +4,6 @@ Single-process runs call the scripts' ``main`` in this process; the
 distributed ones start two CPU processes (gloo) with torchrun and with
 ``python -m torch.distributed.launch``.
 """
-import importlib.util
 import itertools
 import json
 import math
@@ -25,6 +24,7 @@ from mmseg.apis import MMSegInferencer, inference_model, init_model
 from regproxy.datasets import ShapesDataset, generate_shapes_dataset
 from regproxy.utils import load_config
 from tests.test_engine.test_checkpoint import WritesMarker
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / 'configs' / '_base_'
@@ -85,17 +85,8 @@ randomness = dict(seed=0)
 """
 
 
-def _load_script(name: str):
-    """Import ``REPO/<name>.py`` under a private module name."""
-    spec = importlib.util.spec_from_file_location(f'regproxy_{name}_script',
-                                                  REPO / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = _load_script('train')
-test_script = _load_script('test')
+train_script = load_script('train.py')
+test_script = load_script('test.py')
 
 _run_ids = itertools.count()
 
