@@ -75,7 +75,8 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
         # mmengine keeps K private; OptimWrapperDict has none (K = 1).
         count = getattr(wrapper, '_accumulative_counts', 1)
         # The runner counted the wrapper's backward passes in this loop's
-        # iterations; they are micro-batches.
+        # iterations (and, resuming at a step that is not a multiple of K,
+        # warned of lost gradients); they are micro-batches.
         wrapper.initialize_count_status(self.runner.model, self._iter * count,
                                         self._max_iters * count)
         self.dataloader_iterator = _MicroBatches(self.dataloader_iterator,
@@ -89,17 +90,17 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
             data_batch (list[dict]): K batches of the dataloader.
         """
         whole = _joined(data_batch)
-        self.runner.call_hook(
-            'before_train_iter', batch_idx=self._iter, data_batch=whole)
+        self.runner.call_hook('before_train_iter',
+                              batch_idx=self._iter,
+                              data_batch=whole)
         logs = [
             self.runner.model.train_step(
                 batch, optim_wrapper=self.runner.optim_wrapper)
             for batch in data_batch
         ]
         outputs = {key: _mean([log[key] for log in logs]) for key in logs[0]}
-        self.runner.call_hook(
-            'after_train_iter',
-            batch_idx=self._iter,
-            data_batch=whole,
-            outputs=outputs)
+        self.runner.call_hook('after_train_iter',
+                              batch_idx=self._iter,
+                              data_batch=whole,
+                              outputs=outputs)
         self._iter += 1

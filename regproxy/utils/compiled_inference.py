@@ -20,8 +20,7 @@ CPU_COMPILE_NOTE = (
     'per-kernel launch cost at batch 1')
 
 
-def compile_inference(model: nn.Module,
-                      mode: str = COMPILE_MODE) -> nn.Module:
+def compile_inference(model: nn.Module, mode: str = COMPILE_MODE) -> nn.Module:
     """Compile the segmentor's ``encode_decode`` (backbone, head and the
     resize of the logits to the input) in place.
 

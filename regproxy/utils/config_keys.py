@@ -27,9 +27,9 @@ __all__ = [
 # and where mmseg 1.x keeps each (only the places the config has are set).
 LEGACY_KEYS: Dict[str, Tuple[str, ...]] = {
     'data.samples_per_gpu': ('train_dataloader.batch_size', ),
-    'data.workers_per_gpu': ('train_dataloader.num_workers',
-                             'val_dataloader.num_workers',
-                             'test_dataloader.num_workers'),
+    'data.workers_per_gpu':
+    ('train_dataloader.num_workers', 'val_dataloader.num_workers',
+     'test_dataloader.num_workers'),
     'optimizer.lr': ('optim_wrapper.optimizer.lr', ),
     'optimizer.weight_decay': ('optim_wrapper.optimizer.weight_decay', ),
     'runner.max_iters': ('train_cfg.max_iters', ),
@@ -48,20 +48,26 @@ RUNNER_KEYS: Set[str] = {
 } | {
     'activation_checkpointing', 'compile', 'custom_imports',
     'efficient_conv_bn_eval', 'find_unused_parameters', 'model_wrapper_cfg',
-    'runner_type', 'strategy', 'tta_model', 'tta_pipeline',
-    'trust_checkpoint', 'load_strict'
+    'runner_type', 'strategy', 'tta_model', 'tta_pipeline', 'trust_checkpoint',
+    'load_strict'
 }
 
 # Variables that configs commonly define beside the runner keys; some are
 # spelled nearly like one (val_pipeline and tta_pipeline).
 _CONFIG_VARIABLES = {
-    'crop_size', 'norm_cfg', 'data_root', 'dataset_type', 'scale',
-    'img_scale', 'img_ratios', 'img_norm_cfg', 'train_pipeline',
-    'val_pipeline', 'test_pipeline', 'warmup', 'vis_backends', 'checkpoint',
-    'checkpoint_file', 'models', 'num_classes', 'backend_args'
+    'crop_size', 'norm_cfg', 'data_root', 'dataset_type', 'scale', 'img_scale',
+    'img_ratios', 'img_norm_cfg', 'train_pipeline', 'val_pipeline',
+    'test_pipeline', 'warmup', 'vis_backends', 'checkpoint', 'checkpoint_file',
+    'models', 'num_classes', 'backend_args'
 }
 
 # Keys of dicts without a ``type``, by their place in the config.
+_DATALOADER_KEYS = set(inspect.signature(DataLoader).parameters)
+# mmengine's default hooks; a config may add more by name
+_DEFAULT_HOOKS = {
+    'runtime_info', 'timer', 'sampler_seed', 'logger', 'param_scheduler',
+    'checkpoint'
+}
 _UNTYPED_KEYS: Dict[Tuple[str, ...], Set[str]] = {
     ('randomness', ):
     set(inspect.signature(Runner.set_randomness).parameters) - {'self'},
@@ -69,13 +75,10 @@ _UNTYPED_KEYS: Dict[Tuple[str, ...], Set[str]] = {
     ('env_cfg', 'mp_cfg'): {'mp_start_method', 'opencv_num_threads'},
     ('auto_scale_lr', ): {'enable', 'base_batch_size'},
     ('custom_imports', ): {'imports', 'allow_failed_imports'},
-    # mmengine's default hooks; a config may add more by name
-    ('default_hooks', ): {
-        'runtime_info', 'timer', 'sampler_seed', 'logger', 'param_scheduler',
-        'checkpoint'
-    },
-    **{(f'{split}_dataloader', ): set(inspect.signature(DataLoader).parameters)
-       for split in ('train', 'val', 'test')},
+    ('default_hooks', ): _DEFAULT_HOOKS,
+    ('train_dataloader', ): _DATALOADER_KEYS,
+    ('val_dataloader', ): _DATALOADER_KEYS,
+    ('test_dataloader', ): _DATALOADER_KEYS,
 }
 
 # Keys that the builders read beside the arguments of the built class.

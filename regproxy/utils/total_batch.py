@@ -43,9 +43,9 @@ def launcher_world_size(launcher: str) -> int:
     return int(os.environ[_WORLD_SIZE_ENV[launcher]])
 
 
-def plan_total_batch(
-        cfg: Config, processes: int, accumulate: Optional[Union[int, str]],
-        auto_scale_lr: bool) -> Tuple[List[str], List[str]]:
+def plan_total_batch(cfg: Config, processes: int,
+                     accumulate: Optional[Union[int, str]],
+                     auto_scale_lr: bool) -> Tuple[List[str], List[str]]:
     """Apply ``--accumulate`` and ``--auto-scale-lr`` to the config and
     describe the total batch.
 
@@ -103,8 +103,10 @@ def plan_total_batch(
                    f'{batch_size} x {count}')
     else:
         formula = f'processes x batch_size = {processes} x {batch_size}'
-    notes = [f'total batch = {formula} = {total}' +
-             (f' (recipe: {recipe})' if recipe else '')]
+    notes = [
+        f'total batch = {formula} = {total}' +
+        (f' (recipe: {recipe})' if recipe else '')
+    ]
     if count > 1:
         notes.append(
             f'Gradient accumulation over {count} micro-batches: max_iters, '

@@ -38,8 +38,8 @@ class LayerNormNet(BaseModel):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(
-            nn.Linear(6, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 3))
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.GELU(),
+                                 nn.Linear(16, 3))
         self.forwards = 0
 
     def forward(self, inputs, labels, mode='tensor'):
@@ -50,7 +50,11 @@ class LayerNormNet(BaseModel):
         return logits
 
 
-def _runner(work_dir, batch_size, accumulate, max_iters=3, resume=None,
+def _runner(work_dir,
+            batch_size,
+            accumulate,
+            max_iters=3,
+            resume=None,
             checkpoint_interval=2):
     loop = 'AccumulatingTrainLoop' if accumulate > 1 else 'IterBasedTrainLoop'
     # RegProxyRunner: mmengine's reads checkpoints with torch.load's
@@ -58,24 +62,24 @@ def _runner(work_dir, batch_size, accumulate, max_iters=3, resume=None,
     return RegProxyRunner(
         model=LayerNormNet(),
         work_dir=str(work_dir),
-        train_dataloader=dict(
-            dataset=Samples(),
-            sampler=dict(type='DefaultSampler', shuffle=False),
-            batch_size=batch_size,
-            num_workers=0),
+        train_dataloader=dict(dataset=Samples(),
+                              sampler=dict(type='DefaultSampler',
+                                           shuffle=False),
+                              batch_size=batch_size,
+                              num_workers=0),
         train_cfg=dict(type=loop, max_iters=max_iters),
-        optim_wrapper=dict(
-            type='OptimWrapper',
-            accumulative_counts=accumulate,
-            optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
-        param_scheduler=dict(
-            type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
-            end=max_iters),
-        default_hooks=dict(
-            checkpoint=dict(
-                type='CheckpointHook', by_epoch=False,
-                interval=checkpoint_interval),
-            logger=dict(type='LoggerHook', interval=1)),
+        optim_wrapper=dict(type='OptimWrapper',
+                           accumulative_counts=accumulate,
+                           optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        param_scheduler=dict(type='LinearLR',
+                             start_factor=0.1,
+                             by_epoch=False,
+                             begin=0,
+                             end=max_iters),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
+                                           by_epoch=False,
+                                           interval=checkpoint_interval),
+                           logger=dict(type='LoggerHook', interval=1)),
         load_from=resume,
         resume=resume is not None,
         default_scope='mmseg',
@@ -99,10 +103,13 @@ def test_micro_batches_give_the_update_of_one_large_batch(
         assert diff <= 1e-6, (key, diff)
     # The logged loss of a step is the mean over its micro-batches: the
     # large batch's loss.
-    losses = [small.message_hub.get_scalar('train/loss').data[0],
-              large.message_hub.get_scalar('train/loss').data[0]]
+    losses = [
+        small.message_hub.get_scalar('train/loss').data[0],
+        large.message_hub.get_scalar('train/loss').data[0]
+    ]
     torch.testing.assert_close(*[torch.as_tensor(x) for x in losses],
-                               atol=1e-6, rtol=0)
+                               atol=1e-6,
+                               rtol=0)
 
 
 def test_everything_counts_optimizer_steps(tmp_path):
@@ -125,7 +132,10 @@ def test_everything_counts_optimizer_steps(tmp_path):
 def test_resume_between_steps_matches_uninterrupted(tmp_path):
     full = _runner(tmp_path / 'full', 2, 4, max_iters=3)
     full.train()
-    resumed = _runner(tmp_path / 'resumed', 2, 4, max_iters=3,
+    resumed = _runner(tmp_path / 'resumed',
+                      2,
+                      4,
+                      max_iters=3,
                       resume=str(tmp_path / 'full' / 'iter_2.pth'))
     resumed.train()
     # skipped 2 x 4 micro-batches, trained 1 x 4
@@ -146,5 +156,5 @@ def test_hooks_see_the_micro_batches_as_one_batch(tmp_path):
     runner.register_hook(Recorder())
     runner.train()
     labels = Samples().labels
-    assert [s.tolist() for s in seen] == [labels[:8].tolist(),
-                                          labels[8:16].tolist()]
+    assert [s.tolist()
+            for s in seen] == [labels[:8].tolist(), labels[8:16].tolist()]

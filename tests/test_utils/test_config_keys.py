@@ -6,8 +6,7 @@ from mmseg.registry import MODELS
 
 from regproxy.utils import load_config
 from regproxy.utils.config_keys import (LEGACY_KEYS, ConfigKeyError,
-                                        check_config_keys,
-                                        check_override_keys,
+                                        check_config_keys, check_override_keys,
                                         translate_legacy_keys)
 from tests.conformance import CONFIG_DIR
 from tests.tiny_models import tiny_segmentor_cfg
@@ -24,19 +23,18 @@ def cfg():
 
 def test_legacy_keys_reach_their_1x_places():
     notes = []
-    cfg = load_config(
-        T16_ADE, {
-            'data.samples_per_gpu': 4,
-            'data.workers_per_gpu': 0,
-            'optimizer.lr': 1e-4,
-            'optimizer.weight_decay': 0.05,
-            'runner.max_iters': 100,
-            'evaluation.interval': 50,
-            'checkpoint_config.interval': 25,
-            'log_config.interval': 5,
-            'model.pretrained': 'vit.pth',
-        },
-        notes=notes)
+    cfg = load_config(T16_ADE, {
+        'data.samples_per_gpu': 4,
+        'data.workers_per_gpu': 0,
+        'optimizer.lr': 1e-4,
+        'optimizer.weight_decay': 0.05,
+        'runner.max_iters': 100,
+        'evaluation.interval': 50,
+        'checkpoint_config.interval': 25,
+        'log_config.interval': 5,
+        'model.pretrained': 'vit.pth',
+    },
+                      notes=notes)
     assert cfg.train_dataloader.batch_size == 4
     for split in ('train', 'val', 'test'):
         loader = cfg[f'{split}_dataloader']
@@ -61,8 +59,7 @@ def test_later_overrides_win_over_translated_ones():
 
 def test_legacy_key_without_a_place():
     small = Config(dict(train_dataloader=dict(batch_size=2)))
-    translated, notes = translate_legacy_keys(small,
-                                              {'optimizer.lr': 0.1})
+    translated, notes = translate_legacy_keys(small, {'optimizer.lr': 0.1})
     assert translated == {}
     assert 'not in this config' in notes[0]
 
@@ -87,25 +84,59 @@ def test_unknown_keys_are_refused_naming_the_closest(cfg, key, message):
     assert key in str(error.value)
 
 
-@pytest.mark.parametrize('options', [
-    {'model.backbone.embed_dims': 192},  # exists
-    {'model.backbone.pretrained': 'vit.pth'},  # an argument of the class
-    {'model.backbone.with_cp': True},
-    {'model.backbone.norm_cfg.requires_grad': False},  # build_norm_layer's
-    {'model.decode_head.use_unfold': True},  # ProxyHead, then its base
-    {'optim_wrapper.type': 'SkipNonFiniteOptimWrapper',
-     'optim_wrapper.max_consecutive_skips': 3},  # the new type's argument
-    {'optim_wrapper.accumulative_counts': 4},
-    {'train_dataloader.dataset.pipeline.0.skip_unreadable': True},
-    {'train_dataloader.pin_memory': True},
-    {'experiment_name': 'run0', 'visualizer.name': 'vis0'},
-    {'randomness.seed': 0, 'randomness.deterministic': True},
-    {'env_cfg.dist_cfg.timeout': 60},  # free settings: not checked
-    {'test_cfg.fp16': True},
-    {'model.backbone.init_cfg.type': 'Pretrained',
-     'model.backbone.init_cfg.checkpoint': 'x.pth'},
-    {'compile': True},
-])
+@pytest.mark.parametrize(
+    'options',
+    [
+        {
+            'model.backbone.embed_dims': 192
+        },  # exists
+        {
+            'model.backbone.pretrained': 'vit.pth'
+        },  # an argument of the class
+        {
+            'model.backbone.with_cp': True
+        },
+        {
+            'model.backbone.norm_cfg.requires_grad': False
+        },  # build_norm_layer's
+        {
+            'model.decode_head.use_unfold': True
+        },  # ProxyHead, then its base
+        {
+            'optim_wrapper.type': 'SkipNonFiniteOptimWrapper',
+            'optim_wrapper.max_consecutive_skips': 3
+        },  # the new type's argument
+        {
+            'optim_wrapper.accumulative_counts': 4
+        },
+        {
+            'train_dataloader.dataset.pipeline.0.skip_unreadable': True
+        },
+        {
+            'train_dataloader.pin_memory': True
+        },
+        {
+            'experiment_name': 'run0',
+            'visualizer.name': 'vis0'
+        },
+        {
+            'randomness.seed': 0,
+            'randomness.deterministic': True
+        },
+        {
+            'env_cfg.dist_cfg.timeout': 60
+        },  # free settings: not checked
+        {
+            'test_cfg.fp16': True
+        },
+        {
+            'model.backbone.init_cfg.type': 'Pretrained',
+            'model.backbone.init_cfg.checkpoint': 'x.pth'
+        },
+        {
+            'compile': True
+        },
+    ])
 def test_keys_that_something_reads_pass(cfg, options):
     check_override_keys(cfg, options)
 
@@ -118,7 +149,8 @@ def test_load_config_ends_the_script_with_the_message():
 def test_config_file_near_misses_of_runner_keys(tmp_path):
     path = tmp_path / 'typo.py'
     path.write_text(f"_base_ = ['{T16_ADE}']\nload_form = 'init.pth'\n")
-    with pytest.raises(SystemExit, match="'load_form' is read by nothing; "
+    with pytest.raises(SystemExit,
+                       match="'load_form' is read by nothing; "
                        "did you mean 'load_from'"):
         load_config(str(path))
     # variables of any other name are the config's own business
@@ -136,6 +168,7 @@ def test_segmentor_refuses_unknown_test_cfg_keys():
     """Also when the config file (not the command line) has the typo."""
     cfg = tiny_segmentor_cfg(mode='slide')
     cfg.test_cfg['strid'] = (48, 48)
-    with pytest.raises(ValueError, match="test_cfg.strid is not a setting "
+    with pytest.raises(ValueError,
+                       match="test_cfg.strid is not a setting "
                        "of PaddedSlideEncoderDecoder: did you mean 'stride'"):
         MODELS.build(cfg)

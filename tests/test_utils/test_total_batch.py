@@ -7,9 +7,8 @@ from tests.conformance import CONFIG_DIR
 T16_ADE = (CONFIG_DIR / 'regproxy_ade20k' /
            'regproxy-t16-sub4+implicit-mid-4+512x512+160k+adamw-poly+'
            'ade20k.py')
-PUBLISHED = sorted(
-    p for folder in ('regproxy_ade20k', 'regproxy_cityscapes')
-    for p in (CONFIG_DIR / folder).glob('*.py'))
+PUBLISHED = sorted(p for folder in ('regproxy_ade20k', 'regproxy_cityscapes')
+                   for p in (CONFIG_DIR / folder).glob('*.py'))
 
 
 @pytest.fixture
@@ -37,9 +36,11 @@ def test_one_process_warns_and_names_both_remedies(cfg):
     assert 'accumulative_counts' not in cfg.optim_wrapper
 
 
-@pytest.mark.parametrize('processes, accumulate, expected', [
-    (1, 'auto', 8), (2, 'auto', 4), (4, 'auto', 2), (8, 'auto', 1),
-    (1, 3, 3)])
+@pytest.mark.parametrize('processes, accumulate, expected', [(1, 'auto', 8),
+                                                             (2, 'auto', 4),
+                                                             (4, 'auto', 2),
+                                                             (8, 'auto', 1),
+                                                             (1, 3, 3)])
 def test_accumulate(cfg, processes, accumulate, expected):
     notes, warnings = plan_total_batch(cfg, processes, accumulate, False)
     total = processes * 2 * expected
@@ -58,15 +59,16 @@ def test_accumulate(cfg, processes, accumulate, expected):
 
 
 def test_accumulate_auto_refuses_a_fraction(cfg):
-    with pytest.raises(ValueError, match='recipe total batch 16 is not a '
+    with pytest.raises(ValueError,
+                       match='recipe total batch 16 is not a '
                        'whole multiple of processes x batch_size = 3 x 2'):
         plan_total_batch(cfg, 3, 'auto', False)
     with pytest.raises(ValueError, match='not a whole multiple'):
         plan_total_batch(cfg, 16, 'auto', False)  # 32 > 16
 
 
-@pytest.mark.parametrize('processes, accumulate', [(1, None), (1, 2),
-                                                   (2, 4), (16, None)])
+@pytest.mark.parametrize('processes, accumulate', [(1, None), (1, 2), (2, 4),
+                                                   (16, None)])
 def test_auto_scale_lr_matches_the_total_batch(cfg, processes, accumulate):
     """mmengine scales by processes x batch_size / base_batch_size; with
     accumulation the base is divided so the ratio is total / recipe."""

@@ -3,7 +3,7 @@
 "Semantic Segmentation by Early Region Proxy" (Zhang et al., CVPR 2022,
 https://arxiv.org/abs/2203.14043) treats the patch tokens of a plain ViT as
 the proxies of image regions. :class:`TimmRegionProxyViT` makes the ViTs of
-timm such a backbone, by name: AugReg ViTs, DeiT and DeiT-III
+timm such a backbone, by name: AugReg ViTs, DeiT, DeiT-III
 (https://arxiv.org/abs/2204.07118), DINOv2 with and without registers
 (https://arxiv.org/abs/2304.07193, https://arxiv.org/abs/2309.16588) and
 EVA-02 (https://arxiv.org/abs/2303.11331). The token maps come from timm's
@@ -188,9 +188,9 @@ class TimmRegionProxyViT(BaseModule):
                              source: str = 'state_dict') -> None:
         """Load a timm state dict of ``model_name``, strictly.
 
-        The model's timm ``checkpoint_filter_fn`` runs first (it resamples
-        the position embedding to ``img_size`` and converts the original
-        DINOv2/EVA release formats). The ImageNet classifier and pooling
+        The model's timm ``checkpoint_filter_fn`` runs first, as in timm's
+        own loading (it resamples the position embedding to ``img_size``).
+        The ImageNet classifier and pooling
         (``head``, ``head_dist``, ``attn_pool``) are dropped, and a pooling
         norm ``fc_norm`` becomes the final ``norm`` where the file has none.
         Every other key must match the backbone exactly.
