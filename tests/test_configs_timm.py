@@ -169,3 +169,13 @@ def test_get_flops_counts_each_config(name):
         model = MODELS.build(standalone_model_cfg(load(name).model))
     assert result['params'] == sum(p.numel() for p in model.parameters())
     assert result['full'] > result['paper'] > 0
+    # Attention: qkv and output projections, QK^T and AV, per layer; for
+    # EVA-02 too, whose qkv runs through F.linear on the Linear's weight.
+    timm_model = model.backbone.vit
+    grid = [-(-s // timm_model.patch_embed.patch_size[0])
+            for s in result['shape']]
+    tokens = grid[0] * grid[1] + timm_model.num_prefix_tokens
+    width = timm_model.embed_dim
+    attention = len(timm_model.blocks) * (
+        4 * tokens * width**2 + 2 * tokens**2 * width)
+    assert result['full'] - result['paper'] == attention

@@ -35,17 +35,38 @@ def _is_attention(name: str) -> bool:
     return '.attn.' in f'.{name}.'
 
 
+def _is_timm_attention(module: nn.Module) -> bool:
+    """timm's attention blocks (ViT ``Attention``, EVA's ``EvaAttention``):
+    their QK^T and AV run in ``F.scaled_dot_product_attention``, which no
+    module hook sees."""
+    return (type(module).__module__.startswith('timm.')
+            and type(module).__name__.endswith('Attention')
+            and hasattr(module, 'num_heads'))
+
+
 def count_flops(model: nn.Module, shape: Tuple[int, int]) -> Dict[str, int]:
     """Multiply-adds of ``model.backbone`` + ``model.decode_head`` for one
     (3, H, W) image, split into ``attention`` and ``other``."""
     counts = defaultdict(int)
     handles = []
+    called = set()  # modules whose forward ran (a hook fired)
 
     def hook_for(name):
 
         def hook(module, inputs, output):
+            called.add(name)
             part = 'attention' if _is_attention(name) else 'other'
-            if isinstance(module, nn.Conv2d):
+            if _is_timm_attention(module):
+                B, N, _ = inputs[0].shape
+                qkv = getattr(module, 'qkv', None)
+                inner = (qkv.out_features // 3 if qkv is not None else
+                         module.q_proj.out_features)
+                if qkv is not None and f'{name}.qkv' not in called:
+                    # EVA adds its split q/v biases with F.linear on the
+                    # weight: the Linear's own hook does not fire
+                    counts['attention'] += B * N * qkv.in_features * 3 * inner
+                counts['attention'] += 2 * B * N * N * inner
+            elif isinstance(module, nn.Conv2d):
                 kh, kw = module.kernel_size
                 counts[part] += output.numel() * (
                     module.in_channels // module.groups) * kh * kw
@@ -63,7 +84,7 @@ def count_flops(model: nn.Module, shape: Tuple[int, int]) -> Dict[str, int]:
 
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear, SelfAttention,
-                               ProxyHead)):
+                               ProxyHead)) or _is_timm_attention(module):
             handles.append(module.register_forward_hook(hook_for(name)))
     device = next(model.parameters()).device
     try:
