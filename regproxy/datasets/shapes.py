@@ -5,8 +5,7 @@ shading, sensor noise, JPEG artefacts) with partly overlapping objects of
 seven classes. A class is its silhouette and its texture pattern only: every
 surface (each object's two tones, the background's gradient, the clutter)
 draws its hue, saturation and brightness from one distribution, whatever its
-class, so colour says nothing about the class (a per-pixel colour lookup
-scores about 10 mIoU; see ``tools/analysis/colour_baseline.py``). It gives the
+class, so colour says nothing about the class. It gives the
 RegionProxy configs a dataset that needs no download and that a small ViT
 trained from scratch learns within minutes on a CPU: the project's end-to-end
 smoke test.
