@@ -31,9 +31,10 @@ try:  # a broken install gets a diagnosis instead of a traceback
     from regproxy.datasets import check_data_roots, use_checked_loaders
     from regproxy.datasets.data_roots import leaf_datasets
     from regproxy.engine import CheckpointError
-    from regproxy.utils import (DTYPES, add_common_args, build_runner, fail,
-                                load_config, log_notes, resolve_paths,
-                                set_work_dir, setup_launcher)
+    from regproxy.utils import (DTYPES, add_common_args, build_runner,
+                                end_process_group, fail, load_config,
+                                log_notes, resolve_paths, set_work_dir,
+                                setup_launcher)
     from regproxy.utils.compiled_inference import (CPU_COMPILE_NOTE,
                                                    compile_inference)
 except ImportError as error:
@@ -363,3 +364,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
 
 if __name__ == '__main__':
     main()
+    end_process_group()  # after the runner is gone

@@ -32,10 +32,10 @@ try:  # a broken install gets a diagnosis instead of a traceback
 
     from regproxy.datasets import check_data_roots, use_checked_loaders
     from regproxy.engine import CheckpointError, WorkDirBusyError
-    from regproxy.utils import (add_common_args, build_runner, fail,
-                                launcher_world_size, load_config, log_notes,
-                                plan_total_batch, resolve_paths,
-                                set_work_dir, setup_launcher)
+    from regproxy.utils import (add_common_args, build_runner,
+                                end_process_group, fail, launcher_world_size,
+                                load_config, log_notes, plan_total_batch,
+                                resolve_paths, set_work_dir, setup_launcher)
     from regproxy.utils.profiling import cpu_has_bf16
 except ImportError as error:
     sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
@@ -255,3 +255,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 if __name__ == '__main__':
     main()
+    end_process_group()  # after the runner is gone

@@ -3,6 +3,7 @@
 (gloo)."""
 import copy
 import datetime
+import gc
 import os
 import subprocess
 from typing import List, Optional
@@ -16,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..models.utils import sync_bn_to_bn
 from .allocator import keep_freed_memory
 
-__all__ = ['LAUNCHERS', 'setup_launcher']
+__all__ = ['LAUNCHERS', 'end_process_group', 'setup_launcher']
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -27,6 +28,21 @@ _RANK_ENV = {
     'mpi': ('OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE',
             'OMPI_COMM_WORLD_LOCAL_RANK'),
 }
+
+
+def end_process_group() -> None:
+    """Destroy the default process group, if any, before the interpreter
+    exits.
+
+    Call it once the runner is gone: its distributed model wrapper holds the
+    group. A group still alive at exit keeps gloo's worker threads running
+    while Python finalizes, and a worker that then releases the tensors of
+    the last collective needs the GIL and aborts the process ("terminate
+    called without an active exception") after all its work is done.
+    """
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # the runner, its hooks and its model hold each other
+        dist.destroy_process_group()
 
 
 def setup_launcher(cfg: Config, launcher: str) -> List[str]:

@@ -12,7 +12,7 @@ from mmseg.evaluation.metrics import citys_metric
 from PIL import Image
 
 from regproxy.datasets import generate_shapes_dataset
-from tests.test_tools.test_train_test_cli import (BASE, TINY_CONFIG,
+from tests.test_tools.test_train_test_cli import (BASE, TINY_CONFIG, _run,
                                                   _test, _train, test_script)
 
 # Cityscapes label ids of train ids 0..7 (road ... traffic sign), as
@@ -183,3 +183,16 @@ def test_cityscapes_format_only_needs_cityscapesscripts(
     with pytest.raises(SystemExit, match='pip install cityscapesscripts'):
         _test(tiny.config, tiny.checkpoint, '--format-only', '--work-dir',
               str(tmp_path), *_cityscapes_args(root))
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_label_maps(tiny, labelled_preds,
+                                                 tmp_path):
+    _run([
+        '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+        'test.py', tiny.config, tiny.checkpoint, '--launcher', 'pytorch',
+        '--format-only', '--out',
+        str(tmp_path / 'preds'), '--work-dir',
+        str(tmp_path), *_on_folder(tiny.images)
+    ])
+    assert _pngs(tmp_path / 'preds') == _pngs(labelled_preds)
