@@ -2,13 +2,13 @@
 
 Photo-like scenes (gradient and textured backgrounds, clutter, soft shadows,
 shading, sensor noise, JPEG artefacts) with partly overlapping objects of
-seven classes. A class is its silhouette and its texture pattern only: every
-surface (each object's two tones, the background's gradient, the clutter)
-draws its hue, saturation and brightness from one distribution, whatever its
-class, so colour says nothing about the class. It gives the
-RegionProxy configs a dataset that needs no download and that a small ViT
-trained from scratch learns within minutes on a CPU: the project's end-to-end
-smoke test.
+seven classes. A class is its silhouette and its texture pattern only: the
+objects of every class and the background's clutter draw their colours (hue,
+saturation, brightness) from one distribution, so colour does not tell the
+classes apart (a per-pixel colour lookup scores about 16 mIoU, see
+``tools/analysis/colour_baseline.py``). It gives the RegionProxy configs a
+dataset that needs no download and that a small ViT trained from scratch
+learns within minutes on a CPU: the project's end-to-end smoke test.
 
 Layout (as ADE20K's)::
 
@@ -18,6 +18,8 @@ Layout (as ADE20K's)::
 Labels are uint8 class ids 0..7 (0 is background) and 255 on a thin band
 along every boundary between two classes.
 """
+import json
+import logging
 import os
 import os.path as osp
 import shutil
@@ -26,6 +28,7 @@ from typing import Tuple
 
 import cv2
 import numpy as np
+from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
@@ -38,6 +41,10 @@ CLASSES = ('background', 'circle', 'rectangle', 'triangle', 'ellipse', 'star',
 PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25],
            [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]]
 IGNORE_INDEX = 255
+# Raised whenever a change to the generator changes its images or labels, so
+# that a dataset made by an older one is recognised (see GENERATOR_FILE).
+GENERATOR_VERSION = 2
+GENERATOR_FILE = 'generator.json'
 # Where ShapesDataset writes the data when it is missing (relative to the
 # working directory); the data_root of configs/_base_/datasets/shapes.py.
 DEFAULT_ROOT = 'data/shapes'
@@ -45,12 +52,16 @@ SPLITS = ('training', 'validation')
 SIDES = (96, 112, 128, 144, 160)  # image heights and widths, drawn apart
 MAX_OBJECTS = 5  # per image, at least one
 RADIUS = (0.15, 0.32)  # object size, as a fraction of the short image side
-# Hue, saturation and brightness (HSV value) of every surface, drawn
-# independently of the class. The second tone of an object's texture differs
-# from the first mostly in brightness, so that the pattern shows.
-SATURATION = (0., 1.)
-VALUE = (0.2, 1.)
-TONE_STEP = (0.25, 0.4)  # brightness difference between the two tones
+# Saturation and brightness (HSV value) ranges of the colours of objects
+# and clutter, whatever their class; hues are uniform. The second tone of an
+# object's texture differs from the first mostly in brightness, so that the
+# pattern shows. The background's gradient is muted (less saturated).
+SATURATION = (0.35, 1.)
+VALUE = (0.3, 1.)
+TONE_STEP = (0.3, 0.45)  # brightness difference between the two tones
+TEXTURE_PERIOD = (6., 10.)  # pixels
+BACKGROUND_SATURATION = (0., 0.6)
+BACKGROUND_VALUE = (0.2, 0.9)
 
 
 def _color(rng: np.random.Generator,
@@ -64,7 +75,7 @@ def _color(rng: np.random.Generator,
 
 
 def _surface_color(rng: np.random.Generator) -> np.ndarray:
-    """A BGR colour from the one distribution that all surfaces share."""
+    """A BGR colour of the distribution that objects and clutter share."""
     return _color(rng, rng.uniform(0, 360), SATURATION, VALUE)
 
 
@@ -75,7 +86,8 @@ def _two_tones(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     saturation = rng.uniform(*SATURATION)
     value = rng.uniform(*VALUE)
     tone = _color(rng, hue, (saturation, saturation), (value, value))
-    value += rng.uniform(*TONE_STEP) * (-1 if value > 0.6 else 1)
+    value += rng.uniform(*TONE_STEP) * (-1 if value > 0.65 else 1)
+    value = min(value, 1.)
     other = _color(rng, hue + rng.uniform(-20, 20), (saturation, saturation),
                    (value, value))
     return tone, other
@@ -97,9 +109,10 @@ def _ramp(h: int, w: int, angle: float) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Two-colour gradient with blotches, an optional texture and clutter
-    (lines, dots, scribbles) that belongs to the background class."""
-    c0, c1 = _surface_color(rng), _surface_color(rng)
+    """Muted two-colour gradient with blotches, an optional texture and
+    clutter (lines, dots, scribbles) that belongs to the background class."""
+    c0, c1 = (_color(rng, rng.uniform(0, 360), BACKGROUND_SATURATION,
+                     BACKGROUND_VALUE) for _ in range(2))
     t = _ramp(h, w, rng.uniform(0, 2 * np.pi))[..., None]
     img = c0 * (1 - t) + c1 * t
     # Blotches mostly in brightness, a little in colour.
@@ -153,7 +166,8 @@ def _shape_mask(rng: np.random.Generator, cls: int, h: int, w: int,
     if name in ('circle', 'ring'):
         cv2.circle(mask, (cx, cy), int(round(r)), 1, -1)
         if name == 'ring':
-            cv2.circle(mask, (cx, cy), int(round(r * rng.uniform(0.45, 0.62))),
+            # A band half to two thirds of r wide: room for a texture.
+            cv2.circle(mask, (cx, cy), int(round(r * rng.uniform(0.35, 0.5))),
                        0, -1)
         return mask
     if name == 'ellipse':
@@ -169,10 +183,10 @@ def _shape_mask(rng: np.random.Generator, cls: int, h: int, w: int,
         pts = _polar(r * rng.uniform(0.9, 1.15, 3), corners)
     elif name == 'star':
         tips = int(rng.integers(5, 7))
-        radii = np.tile([r * 1.1, r * rng.uniform(0.45, 0.6)], tips)
+        radii = np.tile([r * 1.1, r * rng.uniform(0.5, 0.65)], tips)
         pts = _polar(radii, np.arange(2 * tips) * np.pi / tips)
     else:  # cross: a plus sign, arms of half-width t and length r
-        t = r * rng.uniform(0.22, 0.32)
+        t = r * rng.uniform(0.3, 0.4)
         pts = np.array([[-t, -r], [t, -r], [t, -t], [r, -t], [r, t], [t, t],
                         [t, r], [-t, r], [-t, t], [-r, t], [-r, -t],
                         [-t, -t]])
@@ -184,21 +198,22 @@ def _shape_mask(rng: np.random.Generator, cls: int, h: int, w: int,
 def _texture(rng: np.random.Generator, kind: int, h: int,
              w: int) -> np.ndarray:
     """(h, w) float32 weight in {0, 1} of the second tone of texture
-    ``kind``: plain, stripes, dots, checks, grid, rings or blotches."""
-    yy, xx = np.indices((h, w), dtype=np.float32)
-    angle = rng.uniform(0, np.pi)
-    k = 2 * np.pi / rng.uniform(5, 9)  # about 5..9 px per period
-    u = k * (xx * np.cos(angle) + yy * np.sin(angle))
-    v = k * (yy * np.cos(angle) - xx * np.sin(angle))
+    ``kind``: plain, horizontal stripes, vertical stripes, checks, dots,
+    diamonds or grid. Patterns keep their orientation in the image (and
+    look the same mirrored left to right, as RandomFlip shows them); their
+    period and phase vary."""
+    period = rng.uniform(*TEXTURE_PERIOD)
+    yy, xx = np.indices((h, w), dtype=np.float32) + rng.uniform(
+        0, period, (2, 1, 1)).astype(np.float32)
+    u, v = (2 * np.pi / period) * xx, (2 * np.pi / period) * yy
     patterns = (
         lambda: np.zeros((h, w), bool),
+        lambda: np.sin(v) > 0,
         lambda: np.sin(u) > 0,
-        lambda: np.cos(u) + np.cos(v) > 1.2,
         lambda: np.sin(u) * np.sin(v) > 0,
+        lambda: np.cos(u) + np.cos(v) > 1.2,
+        lambda: np.sin((u + v) / 2) * np.sin((u - v) / 2) > 0,
         lambda: np.maximum(np.cos(u), np.cos(v)) > 0.8,
-        lambda: np.sin(k * np.hypot(xx - w / 2, yy - h / 2)) > 0,
-        lambda: _smooth_noise(rng, h, w, max(2, min(h, w) // 6), 1)[..., 0]
-        > 0,
     )
     return patterns[kind]().astype(np.float32)
 
@@ -228,8 +243,8 @@ def _paint_object(rng: np.random.Generator, img: np.ndarray, cls: int,
     light = rng.uniform(0, 2 * np.pi)
     along = ((xx + x0 - center[0]) * np.cos(light) +
              (yy + y0 - center[1]) * np.sin(light)) / r
-    paint *= (1 + rng.uniform(0.05, 0.3) * np.clip(along, -1.5, 1.5))[...,
-                                                                        None]
+    shading = 1 + rng.uniform(0.05, 0.3) * np.clip(along, -1.5, 1.5)
+    paint *= shading[..., None]
     paint += rng.uniform(3, 12) * _smooth_noise(rng, h, w, 6, 1)
     alpha = cv2.GaussianBlur(mask, (0, 0), rng.uniform(0.5, 1.0))[..., None]
     window *= 1 - alpha
@@ -286,10 +301,11 @@ def generate_shapes_dataset(root: str,
                             seed: int = 0) -> str:
     """Write the shapes dataset to ``root`` (ADE20K-like layout).
 
-    The files are written to a temporary sibling folder that is renamed to
-    ``root`` at the end, so an interrupted run leaves no half dataset. When
-    ``root`` appears meanwhile (another process won the race), that copy is
-    kept and this one discarded.
+    ``root/generator.json`` records the generator's version and the
+    arguments. The files are written to a temporary sibling folder that is
+    renamed to ``root`` at the end, so an interrupted run leaves no half
+    dataset. When ``root`` appears meanwhile (another process won the race),
+    that copy is kept and this one discarded.
 
     Args:
         root (str): dataset folder to create; must not exist yet.
@@ -327,6 +343,13 @@ def generate_shapes_dataset(root: str,
                     osp.join(img_dir, name + '.jpg'), image,
                     [cv2.IMWRITE_JPEG_QUALITY, quality])
                 cv2.imwrite(osp.join(ann_dir, name + '.png'), label)
+        with open(osp.join(tmp, GENERATOR_FILE), 'w') as f:
+            json.dump(
+                dict(
+                    version=GENERATOR_VERSION,
+                    seed=seed,
+                    num_train=num_train,
+                    num_val=num_val), f)
         os.chmod(tmp, 0o755)  # mkdtemp creates it private
         try:
             os.rename(tmp, root)
@@ -375,4 +398,35 @@ class ShapesDataset(BaseSegDataset):
                 generate_shapes_dataset(self.data_root)
             except FileExistsError:
                 pass  # another process finished it in the meantime
+        if self.data_root:
+            warn_if_outdated(self.data_root)
         return super().load_data_list()
+
+
+def warn_if_outdated(root: str) -> bool:
+    """Log a warning when ``root`` was not written by this generator version.
+
+    Figures measured on another version of the data are not comparable (an
+    early one let colour give the classes away), and a dataset folder is
+    never deleted behind the user's back: the warning says how to renew it.
+
+    Returns:
+        bool: whether ``root`` is outdated.
+    """
+    try:
+        with open(osp.join(root, GENERATOR_FILE)) as f:
+            version = json.load(f).get('version')
+    except (OSError, ValueError, AttributeError):
+        version = None
+    if version == GENERATOR_VERSION:
+        return False
+    made_by = ('an older generator (no ' + GENERATOR_FILE + ')'
+               if version is None else f'generator version {version}')
+    print_log(
+        f'ShapesDataset: {root} was made by {made_by}, not by this '
+        f'version ({GENERATOR_VERSION}): its images differ from the ones '
+        'the shapes configs\' figures were measured on. Delete the folder '
+        'to regenerate it.',
+        logger='current',
+        level=logging.WARNING)
+    return True

@@ -1,5 +1,6 @@
 """Tests of the synthetic shapes dataset: generator and dataset class."""
 import functools
+import json
 import os
 import os.path as osp
 import shutil
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from mmengine.config import Config
 from mmengine.dataset import Compose
+from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
 
@@ -18,7 +20,7 @@ from regproxy.datasets import shapes
 
 CONFIG = osp.join(
     osp.dirname(__file__), '..', '..', 'configs', 'regproxy_shapes',
-    'regproxy-t16-sub4+implicit-mid-1+128x128+1500+adamw-poly+shapes.py')
+    'regproxy-t16-d6-sub4+implicit-mid-2+128x128+2400+adamw-poly+shapes.py')
 
 
 def _files(root):
@@ -146,3 +148,42 @@ def test_base_config_root_is_where_data_is_generated():
     assert cfg.data_root == shapes.DEFAULT_ROOT
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         assert cfg[loader].dataset.data_root == shapes.DEFAULT_ROOT
+
+
+def _warnings_of_shapes_dataset(root):
+    """Messages logged while ShapesDataset lists ``root``'s validation set,
+    and the number of samples listed."""
+    records = []
+    logger = MMLogger.get_current_instance()
+    logger.addFilter(lambda record: records.append(record.getMessage()))
+    try:
+        dataset = ShapesDataset(
+            data_root=str(root),
+            data_prefix=dict(
+                img_path='images/validation',
+                seg_map_path='annotations/validation'))
+    finally:
+        logger.filters.clear()
+    return [r for r in records if 'ShapesDataset' in r], len(dataset)
+
+
+def test_data_of_another_generator_version_is_read_with_a_warning(
+        tmp_path, small_root):
+    with open(osp.join(small_root, shapes.GENERATOR_FILE)) as f:
+        assert json.load(f) == dict(
+            version=shapes.GENERATOR_VERSION, seed=0, num_train=6, num_val=3)
+    assert _warnings_of_shapes_dataset(small_root) == ([], 3)
+
+    root = tmp_path / 'copy'
+    shutil.copytree(small_root, root)
+    (root / shapes.GENERATOR_FILE).write_text('{"version": 1}')
+    messages, num = _warnings_of_shapes_dataset(root)
+    assert num == 3  # still read
+    assert len(messages) == 1
+    assert f'{root} was made by generator version 1, not by this version ' \
+        f'({shapes.GENERATOR_VERSION})' in messages[0]
+    assert 'Delete the folder to regenerate it' in messages[0]
+
+    (root / shapes.GENERATOR_FILE).unlink()  # made before the file existed
+    messages, _ = _warnings_of_shapes_dataset(root)
+    assert 'made by an older generator (no generator.json)' in messages[0]

@@ -1,0 +1,78 @@
+"""tools/analysis/colour_baseline.py: a per-pixel colour lookup scores high
+where colour gives the class away, and low on the shapes dataset."""
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from regproxy.datasets import generate_shapes_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPES_CONFIG = (
+    REPO / 'configs' / 'regproxy_shapes' /
+    'regproxy-t16-d6-sub4+implicit-mid-2+128x128+2400+adamw-poly+shapes.py')
+LEAKY_CONFIG = """
+default_scope = 'mmseg'
+dataset = dict(
+    type='BaseSegDataset',
+    data_root='{root}',
+    metainfo=dict(classes=('sky', 'grass', 'road')),
+    data_prefix=dict(img_path='img', seg_map_path='ann'),
+    img_suffix='.png',
+    pipeline=[])
+train_dataloader = dict(dataset=dataset)
+val_dataloader = dict(dataset=dataset)
+"""
+
+_spec = importlib.util.spec_from_file_location(
+    'colour_baseline', REPO / 'tools' / 'analysis' / 'colour_baseline.py')
+colour_baseline = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(colour_baseline)
+
+
+def test_colour_index_quantises_each_channel():
+    image = np.array([[[0, 15, 16], [255, 255, 255], [16, 0, 0]]], np.uint8)
+    index = colour_baseline.colour_index(image, 16)
+    assert index.tolist() == [[1, 4095, 256]]
+    assert colour_baseline.colour_index(image, 1).tolist() == [[0, 0, 0]]
+
+
+def test_colour_coded_classes_are_found(tmp_path):
+    """Each class its own colour (plus noise): the lookup is near perfect."""
+    rng = np.random.default_rng(0)
+    colours = np.array([[200, 120, 40], [40, 180, 60], [90, 90, 90]])
+    for folder in ('img', 'ann'):
+        (tmp_path / folder).mkdir()
+    for i in range(4):
+        label = np.kron(rng.integers(0, 3, (4, 4)), np.ones((8, 8), int))
+        noise = rng.integers(-6, 7, label.shape + (3, ))
+        image = np.clip(colours[label] + noise, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / 'img' / f'{i}.png'), image)
+        cv2.imwrite(str(tmp_path / 'ann' / f'{i}.png'), label.astype(np.uint8))
+    config = tmp_path / 'leaky.py'
+    config.write_text(LEAKY_CONFIG.format(root=tmp_path))
+    metrics = colour_baseline.main([str(config)])
+    assert metrics['mIoU'] == 100.0
+    # One level per channel: every pixel gets the most frequent class.
+    assert colour_baseline.main([str(config), '--levels', '1'])['mIoU'] < 30
+
+
+def test_shapes_colours_do_not_give_the_class_away(tmp_path, capsys):
+    root = generate_shapes_dataset(
+        str(tmp_path / 'shapes'), num_train=100, num_val=40)
+    metrics = colour_baseline.main([
+        str(SHAPES_CONFIG), '--cfg-options',
+        f'train_dataloader.dataset.data_root={root}',
+        f'val_dataloader.dataset.data_root={root}'
+    ])
+    assert 0 < metrics['mIoU'] <= 30
+    assert 'colour lookup (16 levels per RGB channel, fit on 100 training ' \
+        'images, scored on 40 validation images)' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('levels', ['0', '257'])
+def test_levels_out_of_range_are_refused(levels):
+    with pytest.raises(SystemExit):
+        colour_baseline.parse_args(['c.py', '--levels', levels])
