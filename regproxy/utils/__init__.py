@@ -7,7 +7,7 @@ from .total_batch import launcher_world_size, plan_total_batch
 
 __all__ = [
     'DTYPES', 'LAUNCHERS', 'add_common_args', 'add_trust_checkpoint_arg',
-    'build_runner', 'end_process_group', 'fail', 'keep_freed_memory', 'load_config', 'log_notes',
-    'resolve_paths', 'set_work_dir', 'setup_launcher', 'launcher_world_size',
-    'plan_total_batch'
+    'build_runner', 'end_process_group', 'fail', 'keep_freed_memory',
+    'load_config', 'log_notes', 'resolve_paths', 'set_work_dir',
+    'setup_launcher', 'launcher_world_size', 'plan_total_batch'
 ]
