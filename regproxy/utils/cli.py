@@ -24,8 +24,8 @@ from .config_keys import (ConfigKeyError, check_config_keys,
 from .distributed import LAUNCHERS
 
 __all__ = [
-    'DTYPES', 'fail', 'add_trust_checkpoint_arg', 'CfgOptionsAction',
-    'add_common_args',
+    'DTYPES', 'fail', 'add_trust_checkpoint_arg', 'add_shape_arg',
+    'CfgOptionsAction', 'add_common_args',
     'resolve_paths', 'load_config', 'set_work_dir', 'build_runner',
     'log_notes'
 ]
@@ -51,6 +51,29 @@ def add_trust_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
         help='read checkpoint files in full, not only their weights: '
         'unpickling may run code from the file, so only for files from a '
         'source you trust (sets trust_checkpoint=True in the config)')
+
+
+class _PositiveShape(argparse.Action):
+    """Store ``H W``; refuse a side below 1."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if min(values) < 1:
+            parser.error(f'{option_string} must be positive, got {values}')
+        setattr(namespace, self.dest, values)
+
+
+def add_shape_arg(
+        parser: argparse.ArgumentParser,
+        help: str = 'input size (default: the crop size of the config)'
+) -> None:
+    """Add ``--shape H W`` (positive integers; None when not given)."""
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=2,
+        metavar=('H', 'W'),
+        action=_PositiveShape,
+        help=help)
 
 
 # A space between two characters of one list element (not next to a comma or

@@ -33,8 +33,8 @@ from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
                              trusted_checkpoints)
 from regproxy.models.backbones import RegionProxyViT
 from regproxy.models.utils import standalone_model_cfg
-from regproxy.utils import (DTYPES, add_trust_checkpoint_arg, fail,
-                            keep_freed_memory)
+from regproxy.utils import (DTYPES, add_shape_arg, add_trust_checkpoint_arg,
+                            fail, keep_freed_memory)
 from regproxy.utils.compiled_inference import (CPU_COMPILE_NOTE,
                                                compile_inference)
 from regproxy.utils.profiling import (autocast, cpu_has_bf16,
@@ -240,9 +240,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description='speed and peak memory, ours vs the straightforward path')
     parser.add_argument('config')
     parser.add_argument('checkpoint', nargs='?', help='weights of ours')
-    parser.add_argument(
-        '--shape', type=int, nargs=2, metavar=('H', 'W'),
-        help='input size (default: the crop size of the config)')
+    add_shape_arg(parser)
     parser.add_argument('--batch', type=int, default=1,
                         help='images per inference forward')
     parser.add_argument('--train-batch', type=int, default=2,
@@ -275,8 +273,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error('float16 autocast is for CUDA; use bfloat16 on the CPU')
     if args.compile and args.train:
         parser.error('--compile times inference only; drop --train')
-    if args.shape is not None and min(args.shape) < 1:
-        parser.error(f'--shape must be positive, got {args.shape}')
     return args
 
 

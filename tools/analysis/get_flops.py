@@ -29,6 +29,7 @@ from regproxy.models.backbones.vit import SelfAttention
 from regproxy.models.decode_heads import ProxyHead
 from regproxy.models.decode_heads.proxy_head import NUM_NEIGHBOURS
 from regproxy.models.utils import sync_bn_to_bn
+from regproxy.utils import add_shape_arg
 
 
 def _is_attention(name: str) -> bool:
@@ -114,12 +115,8 @@ def analyse(config: str, shape=None) -> dict:
 def main():
     parser = argparse.ArgumentParser(description='params and FLOPs')
     parser.add_argument('config')
-    parser.add_argument(
-        '--shape', type=int, nargs=2, metavar=('H', 'W'),
-        help='input size (default: the crop size of the config)')
+    add_shape_arg(parser)
     args = parser.parse_args()
-    if args.shape is not None and min(args.shape) < 1:
-        parser.error(f'--shape must be positive, got {args.shape}')
     result = analyse(args.config, args.shape)
     h, w = result['shape']
     print(f'Input shape: (3, {h}, {w})')

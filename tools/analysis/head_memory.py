@@ -23,7 +23,7 @@ from mmseg.utils import register_all_modules
 
 import regproxy  # noqa: F401 registers the RegionProxy modules
 from regproxy.models.utils import sync_bn_to_bn
-from regproxy.utils import DTYPES
+from regproxy.utils import DTYPES, add_shape_arg
 from regproxy.utils.profiling import (autocast, peak_in_subprocess,
                                       peak_memory, print_comparison,
                                       print_peak, time_steps)
@@ -116,9 +116,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='ProxyHead alone: accumulated vs unfold form')
     parser.add_argument('config')
-    parser.add_argument(
-        '--shape', type=int, nargs=2, metavar=('H', 'W'),
-        help='image size whose token grid is measured (default: '
+    add_shape_arg(
+        parser, 'image size whose token grid is measured (default: '
         f'{", ".join(f"{h}x{w}" for h, w in HEAD_INPUTS)})')
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--iters', type=int, default=20,
@@ -134,8 +133,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.device == 'cpu' and 'float16' in args.dtypes:
         parser.error('float16 autocast is for CUDA; use bfloat16 on the CPU')
-    if args.shape is not None and min(args.shape) < 1:
-        parser.error(f'--shape must be positive, got {args.shape}')
     return args
 
 

@@ -44,7 +44,7 @@ import regproxy  # noqa: F401 registers the RegionProxy modules
 from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
                              trusted_checkpoints)
 from regproxy.models.utils import standalone_model_cfg
-from regproxy.utils import add_trust_checkpoint_arg, fail
+from regproxy.utils import add_shape_arg, add_trust_checkpoint_arg, fail
 
 
 class WholeImageSegmentor(nn.Module):
@@ -159,9 +159,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('config')
     parser.add_argument('checkpoint', nargs='?')
     parser.add_argument('--out', required=True, help='the .onnx file')
-    parser.add_argument(
-        '--shape', type=int, nargs=2, metavar=('H', 'W'),
-        help='input size (default: the crop size of the config)')
+    add_shape_arg(parser)
     parser.add_argument('--dynamic', action='store_true',
                         help='free batch, height and width')
     parser.add_argument('--opset', type=int, default=17)
@@ -170,8 +168,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='largest allowed difference relative to the largest logit')
     add_trust_checkpoint_arg(parser)
     args = parser.parse_args(argv)
-    if args.shape is not None and min(args.shape) < 1:
-        parser.error(f'--shape must be positive, got {args.shape}')
     if args.opset < 17:
         parser.error('opset 17 or newer is needed (LayerNormalization)')
     return args
