@@ -403,15 +403,12 @@ class ShapesDataset(BaseSegDataset):
         return super().load_data_list()
 
 
-def warn_if_outdated(root: str) -> bool:
+def warn_if_outdated(root: str) -> None:
     """Log a warning when ``root`` was not written by this generator version.
 
     Figures measured on another version of the data are not comparable (an
     early one let colour give the classes away), and a dataset folder is
     never deleted behind the user's back: the warning says how to renew it.
-
-    Returns:
-        bool: whether ``root`` is outdated.
     """
     try:
         with open(osp.join(root, GENERATOR_FILE)) as f:
@@ -419,7 +416,7 @@ def warn_if_outdated(root: str) -> bool:
     except (OSError, ValueError, AttributeError):
         version = None
     if version == GENERATOR_VERSION:
-        return False
+        return
     made_by = ('an older generator (no ' + GENERATOR_FILE + ')'
                if version is None else f'generator version {version}')
     print_log(
@@ -429,4 +426,3 @@ def warn_if_outdated(root: str) -> bool:
         'to regenerate it.',
         logger='current',
         level=logging.WARNING)
-    return True
