@@ -28,8 +28,7 @@ import regproxy  # noqa: F401 registers the RegionProxy modules
 from regproxy.models.backbones.vit import SelfAttention
 from regproxy.models.decode_heads import ProxyHead
 from regproxy.models.decode_heads.proxy_head import NUM_NEIGHBOURS
-from regproxy.models.utils import sync_bn_to_bn
-from regproxy.utils import add_shape_arg
+from regproxy.utils import add_shape_arg, standalone_model_cfg
 
 
 def _is_attention(name: str) -> bool:
@@ -104,7 +103,7 @@ def analyse(config: str, shape=None) -> dict:
     cfg = Config.fromfile(config)
     shape = tuple(shape or cfg.get('crop_size', (512, 512)))
     with torch.device('meta'):
-        model = MODELS.build(sync_bn_to_bn(cfg.model)).eval()
+        model = MODELS.build(standalone_model_cfg(cfg.model)).eval()
     params = sum(p.numel() for p in model.parameters())
     counts = count_flops(model, shape)
     full = counts.get('attention', 0) + counts.get('other', 0)
