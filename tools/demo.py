@@ -19,7 +19,6 @@ image; the head's internals are read through forward hooks, so any
 RegionProxy checkpoint works unchanged.
 """
 import argparse
-import copy
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -27,9 +26,7 @@ import cv2
 import mmcv
 import numpy as np
 import torch
-from mmengine.config import Config, DictAction
-from mmengine.dataset import Compose, pseudo_collate
-from mmengine.model import revert_sync_batchnorm
+from mmengine.config import ConfigDict, DictAction
 from mmseg.apis import inference_model, init_model
 
 import regproxy  # noqa: F401 registers the RegionProxy modules
@@ -57,23 +54,17 @@ def blend(image: np.ndarray, colors: np.ndarray,
     return mixed.round().astype(np.uint8)
 
 
-def head_internals(model: torch.nn.Module, image_path: str,
-                   dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor,
-                                                Tuple[int, int]]:
-    """One whole-image pass through backbone and head.
+def head_internals(
+    model: torch.nn.Module, image_path: str
+) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
+    """One whole-image pass (``inference_model`` in test mode ``whole``),
+    the head's internals read through forward hooks.
 
     Returns:
         tuple: ``affinity`` (9, rh, rw, h, w), ``region_logits`` (h, w, K),
         both float32, and the (H, W) size of the resized image that the
         backbone saw.
     """
-    pipeline = Compose([
-        t for t in copy.deepcopy(model.cfg.test_pipeline)
-        if t['type'] != 'LoadAnnotations'
-    ])
-    data = model.data_preprocessor(
-        pseudo_collate([pipeline(dict(img_path=image_path))]), False)
-    inputs = data['inputs']
     head = model.decode_head
     captured: Dict[str, torch.Tensor] = {}
     handles = [
@@ -82,17 +73,18 @@ def head_internals(model: torch.nn.Module, image_path: str,
         head.mlp.register_forward_hook(
             lambda module, args, out: captured.update(region_logits=out)),
     ]
-    device_type = inputs.device.type
+    # one pass over the whole image, not one per slide window
+    test_cfg, model.test_cfg = model.test_cfg, ConfigDict(mode='whole')
     try:
-        with torch.no_grad(), torch.autocast(
-                device_type, dtype=dtype, enabled=dtype != torch.float32):
-            head(model.extract_feat(inputs))
+        with torch.no_grad():
+            result = inference_model(model, image_path)
             affinity = head.affinity(captured['x_mid'])
     finally:
+        model.test_cfg = test_cfg
         for handle in handles:
             handle.remove()
     return (affinity[0].float(), captured['region_logits'][0].float(),
-            tuple(inputs.shape[2:]))
+            result.img_shape)
 
 
 def strongest_region(affinity: torch.Tensor) -> torch.Tensor:
@@ -140,25 +132,19 @@ def run_demo(image_path: str,
              opacity: float = 0.5,
              cfg_options: Optional[dict] = None) -> List[str]:
     """Write the three pictures of ``image_path``; returns their paths."""
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    # SyncBN would need a process group
-    model = revert_sync_batchnorm(init_model(cfg, device=device))
+    model = init_model(config, device=device, cfg_options=cfg_options)
     # Read safely, with errors that name the file and mismatched keys.
     meta = load_segmentor_checkpoint(model, checkpoint).get('meta', {})
     model.dataset_meta = meta.get('dataset_meta') or {}
     if not model.dataset_meta and 'CLASSES' in meta:  # mmseg 0.x checkpoint
         model.dataset_meta = dict(
             classes=meta['CLASSES'], palette=meta.get('PALETTE'))
-    torch_dtype = DTYPES[dtype]
     with torch.autocast(
             torch.device(device).type,
-            dtype=torch_dtype,
-            enabled=torch_dtype != torch.float32):
+            dtype=DTYPES[dtype],
+            enabled=dtype != 'float32'):
         result = inference_model(model, image_path)
-    affinity, region_logits, resized = head_internals(model, image_path,
-                                                      torch_dtype)
+        affinity, region_logits, resized = head_internals(model, image_path)
 
     image = mmcv.imread(image_path, channel_order='rgb')
     size = image.shape[:2]
