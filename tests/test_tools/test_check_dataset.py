@@ -1,6 +1,7 @@
-"""tools/misc/check_dataset.py and regproxy.datasets.checks on a tiny
-generated shapes dataset, clean and with planted faults."""
+"""tools/misc/check_dataset.py on a tiny generated shapes dataset, clean
+and with planted faults, and its check of one sample."""
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 
 from regproxy.datasets import CheckedLoadAnnotations, generate_shapes_dataset
-from regproxy.datasets.checks import check_sample, map_label_counts
 from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +36,20 @@ test_dataloader = val_dataloader
 
 
 check_dataset = load_script('tools/misc/check_dataset.py')
+# Worker processes receive check_sample by its module's name, as they do
+# from the script's __main__.
+sys.modules[check_dataset.__name__] = check_dataset
+
+
+def check_sample(img_path, seg_map_path, num_classes, reduce_zero_label=False,
+                 label_map=None):
+    """The tool's check of one sample, decoded as a default pipeline
+    decodes it."""
+    return check_dataset.check_sample(dict(
+        check_dataset.decoder_settings([]), img_path=img_path,
+        seg_map_path=seg_map_path, num_classes=num_classes,
+        reduce_zero_label=reduce_zero_label, label_map=label_map,
+        backend_args=None))
 
 
 @pytest.fixture(scope='module')
@@ -196,14 +210,20 @@ def test_counts_match_the_checked_loader(tmp_path, reduce_zero_label,
     assert result.ignored_pixels == counts[255]
 
 
-def test_out_of_range_values_name_raw_and_mapped_value():
-    values, counts = np.array([0, 5, 9, 255]), np.array([3, 4, 5, 6])
-    pixels, ignored, bad = map_label_counts(
-        values, counts, num_classes=5, reduce_zero_label=True)
+def test_out_of_range_values_name_raw_and_mapped_value(tmp_path):
+    labels = np.repeat(np.array([0, 5, 9, 255], np.uint8), [3, 4, 5, 6])
+    cv2.imwrite(str(tmp_path / 'a.png'), labels.reshape(3, 6))
+    cv2.imwrite(str(tmp_path / 'a.jpg'), np.zeros((3, 6, 3), np.uint8))
+    result = check_sample(str(tmp_path / 'a.jpg'), str(tmp_path / 'a.png'),
+                          num_classes=5, reduce_zero_label=True)
     # 0 and 255 are ignored, 5 -> class 4, 9 -> 8 is out of range
-    assert pixels.tolist() == [0, 0, 0, 0, 4]
-    assert ignored == 3 + 6
-    assert bad == {8: (9, 5)}
+    assert result.class_pixels.tolist() == [0, 0, 0, 0, 4]
+    assert result.ignored_pixels == 3 + 6
+    (problem, ) = result.problems
+    assert problem.kind == 'label values'
+    assert problem.message.startswith(
+        'values 8 (raw 9): 5 px after reduce_zero_label; expected class ids '
+        'in [0, 5) or 255 (ignored)')
 
 
 def test_sixteen_bit_labels_are_checked_before_uint8(tmp_path):

@@ -3,38 +3,80 @@
     python tools/misc/check_dataset.py CONFIG [--split train val test]
         [--workers N] [--cfg-options KEY=VALUE ...]
 
-Each split's dataset is built from ``<split>_dataloader.dataset`` of the
-config, which gives the file list and the metainfo (classes,
-``reduce_zero_label``, ``label_map``); the files are decoded as the
-pipeline's loading transforms decode them (see
-:func:`regproxy.datasets.checks.check_sample`), in ``--workers`` processes.
-The report lists, one line each, unreadable or truncated files, image/label
-size mismatches, colour label maps, class ids outside ``[0, num_classes)``
-other than the ignore index, and empty splits, then a per-class pixel table
-for every split. The exit status is 1 when anything is wrong.
+Each split's datasets (those inside wrappers too) are built from
+``<split>_dataloader.dataset`` of the config, which gives the file list and
+the metainfo (classes, ``reduce_zero_label``, ``label_map``); the files are
+decoded as the pipeline's loading transforms decode them, in ``--workers``
+processes. The report lists, one line each (the problem's kind first):
+
+- ``unreadable``: missing, empty or undecodable file;
+- ``truncated``: a JPEG or PNG whose data ends early (cv2 decodes a cut JPEG
+  without an error and fills the rest with grey);
+- ``size mismatch``: image and label map of different height or width;
+- ``colour label map``: a label map with more than one channel;
+- ``label values``: class ids outside ``[0, num_classes)`` other than the
+  ignore index, after ``reduce_zero_label`` and ``label_map``, or labels
+  that are not integers;
+- ``empty split``, ``dataset`` (cannot be listed), ``config`` (a loader's or
+  the decode head's ``num_classes`` differs from the dataset's classes);
+
+then a per-class pixel table for every split. The exit status is 1 when
+anything is wrong.
 """
 import argparse
-import copy
 import os
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import mmcv
+import numpy as np
+from mmengine import fileio
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.registry import init_default_scope
 from mmengine.utils import track_parallel_progress, track_progress
 from mmseg.registry import DATASETS
 
-from regproxy.datasets.checks import (Problem, SampleCheck,
-                                      check_sample_kwargs)
+from regproxy.datasets import is_truncated, leaf_datasets, to_class_ids
 
 SPLITS = ('train', 'val', 'test')
 IGNORE_INDEX = 255
-# mmcv's LoadImageFromFile and mmseg's LoadAnnotations decode with these
-# unless the pipeline says otherwise.
-IMAGE_DEFAULTS = dict(imdecode_backend='cv2', color_type='color')
-LABEL_DEFAULTS = dict(imdecode_backend='pillow')
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a file (or a split).
+
+    Args:
+        kind (str): one of the kinds in the module docstring.
+        path (str): the file (or the split) it concerns.
+        message (str): what was found and what was expected.
+    """
+    kind: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f'{self.kind}: {self.path}: {self.message}'
+
+
+@dataclass
+class SampleCheck:
+    """What :func:`check_sample` found in one image and its label map.
+
+    Args:
+        has_labels (bool): whether the sample has a label map.
+        problems (list[Problem]): empty when the pair is fine.
+        class_pixels (np.ndarray, optional): (num_classes, ) int64 pixel
+            count per class; None when the label map could not be checked.
+        ignored_pixels (int): pixels labelled with the ignore index.
+    """
+    has_labels: bool
+    problems: List[Problem] = field(default_factory=list)
+    class_pixels: Optional[np.ndarray] = None
+    ignored_pixels: int = 0
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -68,47 +110,137 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _lazy(dataset_cfg: dict) -> dict:
-    """A copy of a dataset config (wrappers included) whose datasets list
-    their files only when asked: an empty split then builds."""
-    dataset_cfg = copy.deepcopy(dataset_cfg)
-    pending = [dataset_cfg]
-    while pending:
-        cfg = pending.pop()
-        cfg['lazy_init'] = True
-        if isinstance(cfg.get('dataset'), dict):
-            pending.append(cfg['dataset'])
-        pending.extend(c for c in cfg.get('datasets', ()) if isinstance(c,
-                                                                       dict))
-    return dataset_cfg
+def _load(path: str, kind: str, flag: str, backend: str,
+          backend_args: Optional[dict],
+          problems: List[Problem]) -> Optional[np.ndarray]:
+    """The decoded file, or None after recording what is wrong with it."""
+    try:
+        data = fileio.get(path, backend_args=backend_args)
+    except Exception as error:  # any file backend
+        problems.append(Problem('unreadable', path,
+                                f'cannot read the {kind}: '
+                                f'{type(error).__name__}: {error}'))
+        return None
+    if not data:
+        problems.append(Problem('unreadable', path,
+                                f'the {kind} is empty (0 bytes)'))
+        return None
+    if is_truncated(data):
+        problems.append(Problem(
+            'truncated', path,
+            f'the {kind} ends early ({len(data)} bytes, no end marker); '
+            'decoders fill the missing part or fail: copy or download it '
+            'again'))
+        return None
+    try:
+        array = mmcv.imfrombytes(data, flag=flag, backend=backend)
+    except Exception as error:  # decoders raise many types
+        array, cause = None, f'{type(error).__name__}: {error}'
+    else:
+        cause = 'the decoder returned nothing'
+    if array is None:
+        problems.append(Problem(
+            'unreadable', path,
+            f'not a decodable {kind} ({backend} backend, {len(data)} bytes): '
+            f'{cause}'))
+    return array
 
 
-def _leaves(dataset) -> list:
-    """The datasets that hold files, inside Concat/Repeat/... wrappers."""
-    if hasattr(dataset, 'datasets'):
-        return [leaf for d in dataset.datasets for leaf in _leaves(d)]
-    if hasattr(dataset, 'dataset'):
-        return _leaves(dataset.dataset)
-    return [dataset]
+def _check_labels(labels: np.ndarray, task: dict,
+                  result: SampleCheck) -> None:
+    """Channel, type and value checks of a decoded label map; fills in the
+    per-class pixel counts."""
+    path, num_classes = task['seg_map_path'], task['num_classes']
+    if labels.ndim == 3 and labels.shape[2] == 1:
+        labels = labels[..., 0]
+    if labels.ndim != 2:
+        same = labels.ndim == 3 and all(
+            np.array_equal(labels[..., 0], labels[..., c])
+            for c in range(1, labels.shape[2]))
+        hint = ('its channels are identical: save the class ids as one '
+                'channel (grey or palette PNG)' if same else
+                'convert the colours to class ids with the dataset\'s '
+                'palette')
+        channels = labels.shape[2] if labels.ndim == 3 else '?'
+        result.problems.append(Problem(
+            'colour label map', path,
+            f'{channels} channels, shape {labels.shape}; expected one '
+            f'channel of class ids: {hint}'))
+        return
+    if not np.issubdtype(labels.dtype, np.integer):
+        result.problems.append(Problem(
+            'label values', path,
+            f'{labels.dtype} values; expected integer class ids'))
+        return
+    if labels.dtype in (np.uint8, np.uint16):  # faster than np.unique
+        counts = np.bincount(labels.ravel())
+        raw = np.flatnonzero(counts)
+        counts = counts[raw]
+    else:
+        raw, counts = np.unique(labels, return_counts=True)
+    ids = to_class_ids(raw, task['reduce_zero_label'], task['label_map'])
+    valid = (ids >= 0) & (ids < num_classes)
+    ignored = ids == task['ignore_index']
+    result.class_pixels = np.bincount(
+        ids[valid], counts[valid], minlength=num_classes).astype(np.int64)
+    result.ignored_pixels = int(counts[ignored].sum())
+    bad: Dict[int, Tuple[int, int]] = {}  # class id: (a raw value, pixels)
+    for value, raw_value, count in zip(ids[~valid & ~ignored],
+                                       raw[~valid & ~ignored],
+                                       counts[~valid & ~ignored]):
+        first, pixels = bad.get(int(value), (int(raw_value), 0))
+        bad[int(value)] = (first, pixels + int(count))
+    if not bad:
+        return
+    shown = ', '.join(
+        f'{value}' + (f' (raw {first})' if first != value else '') +
+        f': {pixels} px' for value, (first, pixels) in sorted(bad.items())[:8])
+    more = f' and {len(bad) - 8} more' if len(bad) > 8 else ''
+    steps = [name for name in ('reduce_zero_label', 'label_map') if task[name]]
+    after = f' after {" and ".join(steps)}' if steps else ''
+    result.problems.append(Problem(
+        'label values', path,
+        f'values {shown}{more}{after}; expected class ids in '
+        f'[0, {num_classes}) or {task["ignore_index"]} (ignored): check '
+        'num_classes and reduce_zero_label, and that the labels hold class '
+        'ids, not colours'))
 
 
-def _transforms(pipeline) -> List[dict]:
-    """Every transform config in a pipeline, nested ones (TestTimeAug)
-    included."""
-    found = []
-    pending = list(pipeline or ())
-    while pending:
-        item = pending.pop(0)
-        if isinstance(item, (list, tuple)):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            found.append(item)
-            pending.extend(item.get('transforms', ()))
-    return found
+def check_sample(task: dict) -> SampleCheck:
+    """Read one image and its label map and check them.
+
+    Args:
+        task (dict): ``img_path``, ``seg_map_path`` (None: the image only),
+            ``num_classes``, ``ignore_index``, ``reduce_zero_label``,
+            ``label_map``, ``backend_args``, and the loaders' decoders
+            (``img_backend``, ``img_flag``, ``label_backend``).
+
+    Returns:
+        SampleCheck: the problems found and the per-class pixel counts.
+    """
+    result = SampleCheck(task['seg_map_path'] is not None)
+    image = _load(task['img_path'], 'image', task['img_flag'],
+                  task['img_backend'], task['backend_args'], result.problems)
+    if not result.has_labels:
+        return result
+    path = task['seg_map_path']
+    labels = _load(path, 'label map', 'unchanged', task['label_backend'],
+                   task['backend_args'], result.problems)
+    if labels is None:
+        return result
+    if image is not None and image.shape[:2] != labels.shape[:2]:
+        result.problems.append(Problem(
+            'size mismatch', path,
+            f'label map is {labels.shape[0]}x{labels.shape[1]} (HxW), its '
+            f'image {task["img_path"]} {image.shape[0]}x{image.shape[1]}; '
+            'expected the same size'))
+    _check_labels(labels, task, result)
+    return result
 
 
 def decoder_settings(pipeline) -> dict:
-    """``check_sample`` keyword arguments from the pipeline's loaders.
+    """The decoders and label settings of a pipeline's loaders (those nested
+    in ``TestTimeAug`` too), with mmcv's and mmseg's defaults.
 
     Args:
         pipeline (list): the dataset's pipeline config.
@@ -118,35 +250,29 @@ def decoder_settings(pipeline) -> dict:
         ``ignore_index`` and the loaders' ``num_classes`` (None when no
         loader names one).
     """
-    image, label = dict(IMAGE_DEFAULTS), dict(LABEL_DEFAULTS)
-    num_classes, ignore_index = None, IGNORE_INDEX
-    for transform in _transforms(pipeline):
+    settings = dict(img_backend='cv2', img_flag='color',
+                    label_backend='pillow', ignore_index=IGNORE_INDEX,
+                    num_classes=None)
+    pending = list(pipeline or ())
+    while pending:
+        transform = pending.pop(0)
+        if isinstance(transform, (list, tuple)):
+            pending.extend(transform)
+            continue
+        if not isinstance(transform, dict):
+            continue
+        pending.extend(transform.get('transforms', ()))
         name = str(transform.get('type', ''))
         if name.endswith('LoadImageFromFile'):
-            image.update((k, transform[k]) for k in image if k in transform)
+            args = dict(img_backend='imdecode_backend', img_flag='color_type')
         elif name.endswith('LoadAnnotations'):
-            label.update((k, transform[k]) for k in label if k in transform)
-            num_classes = transform.get('num_classes', num_classes)
-            ignore_index = transform.get('ignore_index', ignore_index)
-    return dict(
-        img_backend=image['imdecode_backend'],
-        img_flag=image['color_type'],
-        label_backend=label['imdecode_backend'],
-        ignore_index=ignore_index,
-        loader_num_classes=num_classes)
-
-
-def _track(func, tasks: list, workers: int) -> List[SampleCheck]:
-    """``func`` of every task, in order, with mmengine's progress bar; in
-    ``workers`` processes when there is more than one."""
-    if not tasks:
-        return []
-    if workers == 1 or len(tasks) == 1:
-        return track_progress(func, tasks)
-    workers = min(workers, len(tasks))
-    chunksize = max(1, min(32, len(tasks) // (workers * 8)))
-    return track_parallel_progress(
-        func, tasks, workers, chunksize=chunksize)
+            args = dict(label_backend='imdecode_backend',
+                        num_classes='num_classes', ignore_index='ignore_index')
+        else:
+            continue
+        settings.update((key, transform[arg]) for key, arg in args.items()
+                        if arg in transform)
+    return settings
 
 
 class SplitReport:
@@ -166,7 +292,7 @@ class SplitReport:
 
     def add(self, check: SampleCheck) -> None:
         self.samples += 1
-        self.files += 1 + (check.seg_map_path is not None)
+        self.files += 1 + check.has_labels
         self.problems += check.problems
         if check.class_pixels is not None:
             for index, count in enumerate(check.class_pixels.tolist()):
@@ -198,7 +324,7 @@ def _describe(dataset) -> str:
 
 def check_split(name: str, dataset_cfg: dict, workers: int,
                 model_num_classes: Optional[int]) -> SplitReport:
-    """Build one split's dataset from its config and check all its files.
+    """Build one split's datasets from their configs and check all files.
 
     Args:
         name (str): the split, for the report.
@@ -210,33 +336,34 @@ def check_split(name: str, dataset_cfg: dict, workers: int,
     Returns:
         SplitReport: problems, counts and timing.
     """
-    try:
-        dataset = DATASETS.build(_lazy(dataset_cfg))
-        leaves = _leaves(dataset)
-        for leaf in leaves:
-            # Unserialised, an empty file list is no error; it is reported.
-            leaf.serialize_data = False
-            leaf.full_init()
-    except Exception as error:  # any dataset, any file backend
-        report = SplitReport(name, (), IGNORE_INDEX)
-        report.problems.append(Problem(
-            'dataset', name, f'cannot list the files of '
-            f'{dataset_cfg.get("type")} (data_root '
-            f'{dataset_cfg.get("data_root")!r}): {type(error).__name__}: '
-            f'{error}'))
-        return report
+    leaves = []
+    for leaf_cfg in leaf_datasets(dataset_cfg):
+        try:
+            # No pipeline (the files are read here); unserialised, an empty
+            # file list builds and is reported.
+            leaves.append(DATASETS.build(
+                dict(leaf_cfg, pipeline=[], serialize_data=False)))
+        except Exception as error:  # any dataset, any file backend
+            report = SplitReport(name, (), IGNORE_INDEX)
+            report.problems.append(Problem(
+                'dataset', name, f'cannot list the files of '
+                f'{leaf_cfg.get("type")} (data_root '
+                f'{leaf_cfg.get("data_root")!r}): {type(error).__name__}: '
+                f'{error}'))
+            return report
 
     classes = leaves[0].metainfo['classes']
     settings = decoder_settings(dataset_cfg.get('pipeline'))
-    loader_classes = settings.pop('loader_num_classes')
     report = SplitReport(name, classes, settings['ignore_index'])
-    for source, count in (('the label loader\'s num_classes', loader_classes),
+    for source, count in (('the label loader\'s num_classes',
+                           settings['num_classes']),
                           ('the decode head\'s num_classes',
                            model_num_classes)):
         if count is not None and count != len(classes):
             report.problems.append(Problem(
                 'config', name, f'{source} is {count}, the dataset has '
                 f'{len(classes)} classes; expected the same number'))
+    settings['num_classes'] = len(classes)
 
     start = time.perf_counter()
     for leaf in leaves:
@@ -252,15 +379,21 @@ def check_split(name: str, dataset_cfg: dict, workers: int,
                 'one sample'))
             continue
         tasks = [
-            dict(img_path=info['img_path'],
+            dict(settings,
+                 img_path=info['img_path'],
                  seg_map_path=info.get('seg_map_path'),
                  reduce_zero_label=info.get('reduce_zero_label', False),
                  label_map=info.get('label_map'),
-                 num_classes=len(classes),
-                 backend_args=leaf.backend_args,
-                 **settings) for info in infos
+                 backend_args=leaf.backend_args) for info in infos
         ]
-        for check in _track(check_sample_kwargs, tasks, workers):
+        if workers == 1 or len(tasks) == 1:
+            checks = track_progress(check_sample, tasks)
+        else:
+            processes = min(workers, len(tasks))
+            checks = track_parallel_progress(
+                check_sample, tasks, processes,
+                chunksize=max(1, min(32, len(tasks) // (processes * 8))))
+        for check in checks:
             report.add(check)
     report.seconds = time.perf_counter() - start
     return report
@@ -286,11 +419,6 @@ def _dataset_cfgs(cfg: Config,
     return found
 
 
-def _model_num_classes(cfg: Config) -> Optional[int]:
-    head = cfg.get('model', {}).get('decode_head')
-    return head.get('num_classes') if isinstance(head, dict) else None
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, SplitReport]:
     """Run the checks; exit with status 1 when anything is wrong.
 
@@ -304,13 +432,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, SplitReport]:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
+    head = cfg.get('model', {}).get('decode_head')
+    model_num_classes = (head.get('num_classes')
+                         if isinstance(head, dict) else None)
 
     reports = {}
     for split, dataset_cfg in _dataset_cfgs(cfg, args.split):
         if isinstance(dataset_cfg, ConfigDict):
             dataset_cfg = dataset_cfg.to_dict()
         reports[split] = check_split(split, dataset_cfg, args.workers,
-                                     _model_num_classes(cfg))
+                                     model_num_classes)
 
     problems = []
     for split, report in reports.items():

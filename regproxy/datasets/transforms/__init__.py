@@ -1,7 +1,7 @@
 from .loading import (CheckedLoadAnnotations, CheckedLoadImageFromFile,
-                      use_checked_loaders)
+                      is_truncated, to_class_ids, use_checked_loaders)
 
 __all__ = [
-    'CheckedLoadAnnotations', 'CheckedLoadImageFromFile',
-    'use_checked_loaders'
+    'CheckedLoadAnnotations', 'CheckedLoadImageFromFile', 'is_truncated',
+    'to_class_ids', 'use_checked_loaders'
 ]

@@ -7,8 +7,9 @@ class id past ``num_classes`` surfaces as an index error in the loss, or as
 a device-side assert on a GPU, without a file name. These loaders check
 while the file name is at hand.
 """
+import io
 import logging
-from typing import Optional
+from typing import Dict, Optional
 
 import mmcv
 import numpy as np
@@ -17,21 +18,79 @@ from mmengine import fileio
 from mmengine.logging import print_log
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import TRANSFORMS
-
-from ..checks import is_truncated
+from PIL import Image
 
 __all__ = [
-    'CheckedLoadImageFromFile', 'CheckedLoadAnnotations', 'use_checked_loaders'
+    'CheckedLoadImageFromFile', 'CheckedLoadAnnotations', 'is_truncated',
+    'to_class_ids', 'use_checked_loaders'
 ]
 
+_JPEG_START, _JPEG_END = b'\xff\xd8', b'\xff\xd9'
+_PNG_START = b'\x89PNG\r\n\x1a\n'
+_PNG_END = b'IEND\xaeB`\x82'  # the IEND chunk's type and CRC
 
-def _unreadable(kind: str, path: str, error: Exception,
+
+def is_truncated(data: bytes) -> bool:
+    """Whether a JPEG or PNG file's data stops before its end marker.
+
+    The end marker is checked first (cheap); only a file without it is
+    decoded in full with Pillow, which tells a cut file from one with extra
+    bytes after the marker. Other formats are left to their decoder.
+
+    Args:
+        data (bytes): the file's content.
+    """
+    if data.startswith(_JPEG_START):
+        complete = data.rstrip(b'\x00\r\n ').endswith(_JPEG_END)
+    elif data.startswith(_PNG_START):
+        complete = data[-64:].find(_PNG_END) >= 0
+    else:
+        return False
+    if complete:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError):
+        return True
+    return False
+
+
+def to_class_ids(labels: np.ndarray,
+                 reduce_zero_label: bool = False,
+                 label_map: Optional[Dict[int, int]] = None) -> np.ndarray:
+    """Raw label values as class ids, by mmseg's ``LoadAnnotations`` rules
+    but without its cast to uint8 first (which wraps 16-bit values).
+
+    ``reduce_zero_label`` makes 0 and 255 the ignore label 255 and every
+    other value v into v - 1; ``label_map`` then renames ids (old -> new,
+    all at once).
+
+    Args:
+        labels (np.ndarray): integer label values, any shape.
+        reduce_zero_label (bool): as the dataset's. Default: False.
+        label_map (dict, optional): as the dataset's. Default: None.
+
+    Returns:
+        np.ndarray: int64 class ids of the same shape.
+    """
+    ids = labels.astype(np.int64)
+    if reduce_zero_label:
+        ids = np.where((ids == 0) | (ids == 255), 255, ids - 1)
+    if label_map:
+        raw = ids.copy()
+        for old_id, new_id in label_map.items():
+            ids[raw == old_id] = new_id
+    return ids
+
+
+def _unreadable(kind: str, path: str, error: Optional[Exception],
                 skip: bool) -> None:
     """Raise an error naming ``path`` or, when ``skip``, warn and return
-    None, which makes mmengine's dataset draw another sample (training)."""
-    # mmcv asserts when its cv2 decoder returns nothing
-    cause = ('not a decodable image' if isinstance(error, AssertionError)
-             else f'{type(error).__name__}: {error}')
+    None, which makes mmengine's dataset draw another sample (training).
+    ``error`` is None where the decoder returned nothing."""
+    cause = ('not a decodable image' if error is None else
+             f'{type(error).__name__}: {error}')
     message = f'cannot read {kind} {path}: {cause}'
     if not skip:
         raise OSError(message) from error
@@ -71,8 +130,7 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
         except Exception as error:  # any decoder, any file backend
             return _unreadable('image', path, error, self.skip_unreadable)
         if img is None:
-            return _unreadable('image', path, AssertionError(),
-                               self.skip_unreadable)
+            return _unreadable('image', path, None, self.skip_unreadable)
         if self.to_float32:
             img = img.astype(np.float32)
         results.update(img=img, img_shape=img.shape[:2],
@@ -124,6 +182,8 @@ class CheckedLoadAnnotations(LoadAnnotations):
                 backend=self.imdecode_backend)
         except Exception as error:
             return _unreadable('label map', path, error, self.skip_unreadable)
+        if labels is None:
+            return _unreadable('label map', path, None, self.skip_unreadable)
         image_shape = results.get('ori_shape')
         if image_shape is not None and tuple(labels.shape[:2]) != tuple(
                 image_shape):
@@ -153,16 +213,8 @@ class CheckedLoadAnnotations(LoadAnnotations):
                 f'LoadAnnotations has reduce_zero_label='
                 f'{self.reduce_zero_label} but the dataset has '
                 f'{reduce_zero_label}: set it on the dataset only')
-        labels = labels.astype(np.int32)
-        if reduce_zero_label:
-            # 0 ("other") and 255 both become the ignore label.
-            ignored = (labels == 0) | (labels == 255)
-            labels = np.where(ignored, 255, labels - 1)
-        if results.get('label_map'):
-            mapped = labels.copy()
-            for old_id, new_id in results['label_map'].items():
-                mapped[labels == old_id] = new_id
-            labels = mapped
+        labels = to_class_ids(labels, reduce_zero_label,
+                              results.get('label_map'))
         if self.num_classes is None:
             bad = (labels < 0) | (labels > 255)
             expected = 'in [0, 255] (stored as uint8)'
