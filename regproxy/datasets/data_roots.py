@@ -37,6 +37,29 @@ _UNLABELLED_HINT = (
     '`test.py CONFIG CHECKPOINT --format-only --out DIR` reads no labels')
 
 
+def leaf_datasets(dataset: dict) -> Iterator[dict]:
+    """The datasets inside (possibly nested) dataset wrappers, or
+    ``dataset`` itself.
+
+    The one walker of ``ConcatDataset`` (``datasets``) and
+    ``RepeatDataset`` / ``ClassBalancedDataset`` (``dataset``) configs.
+
+    Args:
+        dataset (dict): a dataset config (``<split>_dataloader.dataset``).
+
+    Yields:
+        dict: the config dict of each dataset that lists files, in place
+        (edits reach the config).
+    """
+    if 'datasets' in dataset:
+        for child in dataset['datasets']:
+            yield from leaf_datasets(child)
+    elif 'dataset' in dataset:
+        yield from leaf_datasets(dataset['dataset'])
+    else:
+        yield dataset
+
+
 def check_data_roots(cfg: Config, loaders: Sequence[str]) -> None:
     """Fail early, with the preparation step, when a dataset is missing.
 
@@ -59,20 +82,22 @@ def check_data_roots(cfg: Config, loaders: Sequence[str]) -> None:
         if not cfg.get(loader):
             continue
         for dataset in leaf_datasets(cfg[loader]['dataset']):
-            problem = _missing_data(dataset)
+            cls = dataset['type']
+            if isinstance(cls, str):
+                cls = DATASETS.get(cls)  # None when not registered
+            problem = _missing_data(dataset, cls)
             if problem is None:
                 continue
-            type_name = _type_name(dataset['type'])
-            hints = [_PREPARE_HINTS.get(type_name)]
-            generated = getattr(_dataset_class(dataset), 'generated_root',
-                                None)
+            name = cls.__name__ if cls else str(dataset['type'])
+            hints = [_PREPARE_HINTS.get(name)]
+            generated = getattr(cls, 'generated_root', None)
             if generated:
                 hints.insert(
-                    0, f'{type_name} generates its files on first use only '
+                    0, f'{name} generates its files on first use only '
                     f"at '{generated}' (relative to the working directory)")
             hint = '; '.join(h for h in hints if h)
             raise FileNotFoundError(
-                f'{loader} ({type_name}): {problem}. Prepare the dataset as '
+                f'{loader} ({name}): {problem}. Prepare the dataset as '
                 'described in README.md, section "Preparing datasets"' +
                 (f': {hint}' if hint else '') +
                 '. A dataset kept elsewhere can be linked there or given per '
@@ -80,7 +105,8 @@ def check_data_roots(cfg: Config, loaders: Sequence[str]) -> None:
                 'PATH.')
 
 
-def generates_data_at(dataset_cls, data_root: Optional[str]) -> bool:
+def generates_data_at(dataset_cls: Optional[type],
+                      data_root: Optional[str]) -> bool:
     """Whether ``dataset_cls`` creates its files at ``data_root`` on first
     use: its ``generated_root`` attribute (a path relative to the working
     directory) names the one folder where it does.
@@ -94,51 +120,28 @@ def generates_data_at(dataset_cls, data_root: Optional[str]) -> bool:
         osp.abspath(data_root) == osp.abspath(generated))
 
 
-def leaf_datasets(dataset: dict) -> Iterator[dict]:
-    """The datasets inside (possibly nested) dataset wrappers, or
-    ``dataset`` itself (config dicts, in place)."""
-    if 'datasets' in dataset:  # ConcatDataset
-        for child in dataset['datasets']:
-            yield from leaf_datasets(child)
-    elif 'dataset' in dataset:  # RepeatDataset, ClassBalancedDataset
-        yield from leaf_datasets(dataset['dataset'])
-    else:
-        yield dataset
-
-
-def _type_name(dataset_type) -> str:
-    return dataset_type if isinstance(dataset_type,
-                                      str) else dataset_type.__name__
-
-
-def _dataset_class(dataset: dict) -> Optional[type]:
-    """The class of ``dataset`` (a config dict); None if not registered."""
-    cls = dataset['type']
-    return DATASETS.get(cls) if isinstance(cls, str) else cls
-
-
-def _missing_data(dataset: dict) -> Optional[str]:
-    """What is missing for ``dataset`` (a config dict), or None."""
-    cls = _dataset_class(dataset)
+def _missing_data(dataset: dict, cls: Optional[type]) -> Optional[str]:
+    """What is missing for ``dataset`` (a config dict of class ``cls``),
+    or None."""
     root = dataset.get('data_root') or ''
     if generates_data_at(cls, root) and not osp.exists(root):
         return None  # written on first use
-    folders = [root] if root else []
     prefix = dataset.get('data_prefix') or {}
+    img_dir = osp.join(root, prefix.get('img_path') or '')
+    seg_dir = osp.join(root, prefix.get('seg_map_path') or '')
+    folders = [root] if root else []
     folders += [
         osp.join(root, prefix[key]) for key in ('img_path', 'seg_map_path')
         if prefix.get(key)
     ]
     if dataset.get('ann_file'):
         folders.append(osp.join(root, dataset['ann_file']))
-    seg_dir = osp.join(root, prefix.get('seg_map_path') or '')
     for path in folders:
         if '://' not in path and not osp.exists(path):
             where = '' if osp.isabs(path) else f' (in {os.getcwd()})'
             unlabelled = (_UNLABELLED_HINT if prefix.get('seg_map_path')
                           and path == seg_dir else '')
             return f"'{path}' does not exist{where}{unlabelled}"
-    img_dir = osp.join(root, prefix.get('img_path') or '')
     img_suffix = dataset.get('img_suffix', _default_arg(cls, 'img_suffix'))
     if not dataset.get('ann_file') and img_suffix and '://' not in img_dir:
         if not _contains_file(img_dir, img_suffix):
@@ -151,7 +154,7 @@ def _missing_data(dataset: dict) -> Optional[str]:
     return None
 
 
-def _default_arg(cls, name: str):
+def _default_arg(cls: Optional[type], name: str):
     """Default of argument ``name`` of ``cls.__init__``, or None."""
     if cls is None:
         return None
@@ -164,7 +167,6 @@ def _default_arg(cls, name: str):
 def _contains_file(folder: str, suffix: str) -> bool:
     """Whether ``folder`` or a sub-folder holds a file ending in ``suffix``;
     stops at the first one."""
-    for _, _, files in os.walk(folder):
-        if any(f.endswith(suffix) for f in files):
-            return True
-    return False
+    return any(
+        any(f.endswith(suffix) for f in files)
+        for _, _, files in os.walk(folder))
