@@ -12,11 +12,12 @@ frequent class overall), and score the predictions with mmseg's ``IoUMetric``
 by colour alone, and a model's mIoU says little about regions or shapes.
 
 The images and labels are read as the config's datasets list them
-(``train_dataloader.dataset`` and ``val_dataloader.dataset``, with the
-dataset's ``reduce_zero_label`` and ``label_map``), at their stored size.
+(``train_dataloader.dataset`` and ``val_dataloader.dataset``, those inside
+wrappers too, with the dataset's ``reduce_zero_label`` and ``label_map``),
+at their stored size.
 """
 import argparse
-import copy
+import sys
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,7 +27,7 @@ from mmengine.registry import init_default_scope
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import DATASETS
 
-import regproxy  # noqa: F401 registers the datasets and transforms
+from regproxy.datasets import leaf_datasets
 
 IGNORE_INDEX = 255
 # Read each sample at its stored size: image, then labels as mmseg loads them.
@@ -58,31 +59,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def build_dataset(cfg: Config, loader: str):
-    """The dataset of ``cfg[loader]``, reading images and labels unchanged.
-
-    Args:
-        cfg (Config): the config.
-        loader (str): ``'train_dataloader'`` or ``'val_dataloader'``.
-
-    Returns:
-        BaseSegDataset: the dataset with :data:`READ_PIPELINE`.
-
-    Raises:
-        KeyError: the config has no such dataloader.
-        ValueError: its dataset is a wrapper (no ``pipeline`` of its own).
-    """
-    if not cfg.get(loader):
-        raise KeyError(f'the config has no {loader}')
-    dataset_cfg = copy.deepcopy(cfg[loader]['dataset'])
-    if 'pipeline' not in dataset_cfg:
-        raise ValueError(
-            f'{loader}.dataset ({dataset_cfg.get("type")}) has no pipeline; '
-            'expected a plain dataset, not a dataset wrapper')
-    dataset_cfg['pipeline'] = READ_PIPELINE
-    return DATASETS.build(dataset_cfg)
-
-
 def colour_index(image: np.ndarray, levels: int) -> np.ndarray:
     """(H, W) int64 index in ``[0, levels**3)`` of each pixel's quantised
     colour.
@@ -96,19 +72,31 @@ def colour_index(image: np.ndarray, levels: int) -> np.ndarray:
     return (q[..., 0] * levels + q[..., 1]) * levels + q[..., 2]
 
 
-def _samples(dataset) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """(image, label map) pairs of ``dataset``, in order."""
-    for i in range(len(dataset)):
-        sample = dataset[i]
-        yield sample['img'], sample['gt_seg_map']
+def build_datasets(cfg: Config, loader: str) -> list:
+    """The datasets of ``cfg[loader]`` (those inside wrappers too), reading
+    images and labels with :data:`READ_PIPELINE`."""
+    if not cfg.get(loader):
+        sys.exit(f'error: the config has no {loader}')
+    return [
+        DATASETS.build(dict(dataset, pipeline=READ_PIPELINE))
+        for dataset in leaf_datasets(cfg[loader]['dataset'])
+    ]
 
 
-def fit_colour_lookup(dataset, num_classes: int,
+def _samples(datasets: list) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """(image, label map) pairs of ``datasets``, in order."""
+    for dataset in datasets:
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            yield sample['img'], sample['gt_seg_map']
+
+
+def fit_colour_lookup(datasets: list, num_classes: int,
                       levels: int) -> np.ndarray:
     """The most frequent class of every quantised colour.
 
     Args:
-        dataset: yields ``img`` and ``gt_seg_map`` per sample.
+        datasets (list): yield ``img`` and ``gt_seg_map`` per sample.
         num_classes (int): number of classes.
         levels (int): quantisation levels per channel.
 
@@ -117,7 +105,7 @@ def fit_colour_lookup(dataset, num_classes: int,
         without a labelled training pixel get the most frequent class.
     """
     counts = np.zeros(levels**3 * num_classes, np.int64)
-    for image, label in _samples(dataset):
+    for image, label in _samples(datasets):
         keep = label != IGNORE_INDEX
         pairs = colour_index(image, levels)[keep] * num_classes + label[keep]
         counts += np.bincount(pairs, minlength=counts.size)
@@ -127,13 +115,13 @@ def fit_colour_lookup(dataset, num_classes: int,
     return table
 
 
-def score_colour_lookup(dataset, table: np.ndarray,
+def score_colour_lookup(datasets: list, table: np.ndarray,
                         levels: int) -> Dict[str, float]:
-    """mmseg's ``IoUMetric`` of the lookup's predictions on ``dataset``.
+    """mmseg's ``IoUMetric`` of the lookup's predictions on ``datasets``.
 
     Args:
-        dataset: yields ``img`` and ``gt_seg_map`` per sample; its
-            ``metainfo['classes']`` names the classes.
+        datasets (list): yield ``img`` and ``gt_seg_map`` per sample; the
+            first one's ``metainfo['classes']`` names the classes.
         table (np.ndarray): from :func:`fit_colour_lookup`.
         levels (int): quantisation levels per channel.
 
@@ -142,9 +130,9 @@ def score_colour_lookup(dataset, table: np.ndarray,
         per-class table is logged).
     """
     metric = IoUMetric(iou_metrics=['mIoU'], ignore_index=IGNORE_INDEX)
-    metric.dataset_meta = dataset.metainfo
-    num_classes = len(dataset.metainfo['classes'])
-    for image, label in _samples(dataset):
+    metric.dataset_meta = datasets[0].metainfo
+    num_classes = len(metric.dataset_meta['classes'])
+    for image, label in _samples(datasets):
         prediction = torch.from_numpy(table[colour_index(image, levels)])
         metric.results.append(
             metric.intersect_and_union(prediction, torch.from_numpy(label),
@@ -166,14 +154,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
-    train = build_dataset(cfg, 'train_dataloader')
-    val = build_dataset(cfg, 'val_dataloader')
-    num_classes = len(train.metainfo['classes'])
-    table = fit_colour_lookup(train, num_classes, args.levels)
+    train = build_datasets(cfg, 'train_dataloader')
+    val = build_datasets(cfg, 'val_dataloader')
+    table = fit_colour_lookup(train, len(train[0].metainfo['classes']),
+                              args.levels)
     metrics = score_colour_lookup(val, table, args.levels)
     print(f'colour lookup ({args.levels} levels per RGB channel, fit on '
-          f'{len(train)} training images, scored on {len(val)} validation '
-          f'images): mIoU {metrics["mIoU"]:.2f}, aAcc {metrics["aAcc"]:.2f}')
+          f'{sum(map(len, train))} training images, scored on '
+          f'{sum(map(len, val))} validation images): mIoU '
+          f'{metrics["mIoU"]:.2f}, aAcc {metrics["aAcc"]:.2f}')
     return metrics
 
 
