@@ -183,6 +183,31 @@ def test_missing_data_root_and_config_mismatch(clean_root, tmp_path, capsys):
             'has 8 classes') in output
 
 
+WRAPPED = """
+_base_ = './check.py'
+train_dataloader = dict(dataset=dict(
+    _delete_=True, type='ConcatDataset', datasets=[
+        dict(type='RepeatDataset', times=3,
+             dataset={{_base_.train_dataloader.dataset}}),
+        {{_base_.val_dataloader.dataset}}]))
+"""
+
+
+def test_datasets_inside_wrappers_are_checked_once_each(clean_root, tmp_path,
+                                                        capsys):
+    _config(tmp_path, clean_root)
+    wrapped = tmp_path / 'wrapped.py'
+    wrapped.write_text(WRAPPED)
+    reports = check_dataset.main(
+        [str(wrapped), '--split', 'train', '--workers', '1'])
+    # Each file once, whatever the wrapper repeats.
+    assert reports['train'].samples == 6 + 3
+    listed = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith('train: ShapesDataset')]
+    assert len(listed) == 2
+    assert ', 6 samples, ' in listed[0] and ', 3 samples, ' in listed[1]
+
+
 @pytest.mark.parametrize('reduce_zero_label, label_map', [
     (False, None),
     (True, None),

@@ -59,6 +59,25 @@ def test_colour_coded_classes_are_found(tmp_path):
     assert colour_baseline.main([str(config), '--levels', '1'])['mIoU'] < 30
 
 
+def test_datasets_inside_wrappers(tmp_path, capsys):
+    """Each dataset of a ConcatDataset is read (here the same one twice)."""
+    rng = np.random.default_rng(1)
+    for folder in ('img', 'ann'):
+        (tmp_path / folder).mkdir()
+    for i in range(2):
+        label = rng.integers(0, 3, (8, 8)).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / 'img' / f'{i}.png'), label[..., None] * 90
+                    + np.zeros((1, 1, 3), np.uint8))
+        cv2.imwrite(str(tmp_path / 'ann' / f'{i}.png'), label)
+    config = tmp_path / 'wrapped.py'
+    config.write_text(
+        LEAKY_CONFIG.format(root=tmp_path) + 'train_dataloader = dict('
+        "dataset=dict(type='ConcatDataset', datasets=[dataset, dataset]))\n")
+    assert colour_baseline.main([str(config)])['mIoU'] == 100.0
+    assert 'fit on 4 training images, scored on 2 validation images' in \
+        capsys.readouterr().out
+
+
 def test_shapes_colours_do_not_give_the_class_away(tmp_path, capsys):
     root = generate_shapes_dataset(
         str(tmp_path / 'shapes'), num_train=100, num_val=40)

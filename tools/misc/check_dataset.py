@@ -184,11 +184,11 @@ def _check_labels(labels: np.ndarray, task: dict,
     result.class_pixels = np.bincount(
         ids[valid], counts[valid], minlength=num_classes).astype(np.int64)
     result.ignored_pixels = int(counts[ignored].sum())
+    outside = ~valid & ~ignored
     bad: Dict[int, Tuple[int, int]] = {}  # class id: (a raw value, pixels)
-    for value, raw_value, count in zip(ids[~valid & ~ignored],
-                                       raw[~valid & ~ignored],
-                                       counts[~valid & ~ignored]):
-        first, pixels = bad.get(int(value), (int(raw_value), 0))
+    for value, first, count in zip(ids[outside], raw[outside],
+                                   counts[outside]):
+        first, pixels = bad.get(int(value), (int(first), 0))
         bad[int(value)] = (first, pixels + int(count))
     if not bad:
         return
