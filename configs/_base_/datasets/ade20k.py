@@ -1,4 +1,4 @@
-# ADE20K (150 classes), 512x512 crops. Prepare with README "Datasets".
+# ADE20K (150 classes), 512x512 crops. Prepare with docs/datasets.md.
 dataset_type = 'ADE20KDataset'
 data_root = 'data/ade/ADEChallengeData2016'
 crop_size = (512, 512)

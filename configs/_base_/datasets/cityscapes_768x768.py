@@ -1,4 +1,4 @@
-# Cityscapes (19 classes), 768x768 crops. Prepare with README "Datasets".
+# Cityscapes (19 classes), 768x768 crops. Prepare with docs/datasets.md.
 dataset_type = 'CityscapesDataset'
 data_root = 'data/cityscapes'
 crop_size = (768, 768)
