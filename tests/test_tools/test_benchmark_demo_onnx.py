@@ -42,7 +42,6 @@ test_pipeline = [
 
 
 benchmark = load_script('tools/analysis/benchmark.py')
-head_memory = load_script('tools/analysis/head_memory.py')
 demo = load_script('tools/demo.py')
 pytorch2onnx = load_script('tools/deployment/pytorch2onnx.py')
 vit2regproxy = load_script('tools/model_converters/vit2regproxy.py')
@@ -53,13 +52,11 @@ def tiny(tmp_path_factory):
     """(config path, checkpoint path) of a tiny randomly initialised model
     whose checkpoint carries a palette, as a trained one would."""
     from mmseg.registry import MODELS
-
-    from regproxy.models.utils import sync_bn_to_bn
     root = tmp_path_factory.mktemp('tiny')
     config = root / 'tiny_regproxy.py'
     config.write_text(TINY_CONFIG)
     torch.manual_seed(0)
-    model = MODELS.build(sync_bn_to_bn(Config.fromfile(config).model))
+    model = MODELS.build(Config.fromfile(config).model)
     model.init_weights()
     # Spread the head's affinities so the region map is not a plain grid.
     torch.nn.init.normal_(model.decode_head.affinity_head[1].conv.weight,
@@ -90,17 +87,16 @@ def test_straightforward_cfg_uses_mmseg_vit_and_unfold_head(tiny):
             benchmark.straightforward_cfg(broken)
 
 
-def test_both_paths_share_weights_and_logits(tiny):
+@pytest.mark.parametrize('paths', [benchmark.PATHS, benchmark.HEAD_PATHS])
+def test_both_paths_share_weights_and_logits(tiny, paths):
     cfg = Config.fromfile(tiny[0])
     cpu = torch.device('cpu')
-    models = {
-        path: benchmark.build_model(cfg, path, cpu)
-        for path in benchmark.PATHS
-    }
+    models = {path: benchmark.build_model(cfg, path, cpu) for path in paths}
     # Strict load: every name of ours exists in mmseg's ViT and vice versa.
-    models['straightforward'].load_state_dict(models['ours'].state_dict())
+    models[paths[1]].load_state_dict(models[paths[0]].state_dict())
+    assert models[paths[1]].decode_head.use_unfold
     inputs = benchmark.make_inputs(2, (80, 48), cpu)
-    diff, scale = benchmark.compare_logits(models, inputs, cpu)
+    diff, scale = benchmark.compare_logits(models, inputs)
     assert scale > 0
     assert diff <= 1e-5 * scale
 
@@ -116,15 +112,40 @@ def test_benchmark_prints_both_paths_and_ratios(tiny, capsys):
     assert re.search(r'infer +float32 +speed x[\d.]+ +memory x[\d.]+', out)
 
 
-def test_head_memory_prints_both_forms(tiny, capsys):
-    head_memory.main([tiny[0], '--shape', '64', '64', '--iters', '1',
-                      '--warmup', '0', '--train'])
+def test_benchmark_head_only_prints_both_forms(tiny, capsys):
+    benchmark.main([tiny[0], '--head-only', '--shape', '64', '64',
+                    '--iters', '1', '--warmup', '0', '--dtypes', 'float32',
+                    '--train'])
     out = capsys.readouterr().out
     assert 'K=4' in out
     for mode in ('infer', 'train'):
-        for path in head_memory.PATHS:
+        for path in benchmark.HEAD_PATHS:
             assert re.search(
-                rf'4x4 +{mode} +float32 +{path}( +[\d.]+){{4}}', out)
+                rf'64x64 +{mode} +float32 +{path}( +[\d.]+){{4}}', out)
+
+
+def test_benchmark_refuses_two_reference_paths(tiny):
+    with pytest.raises(SystemExit):
+        benchmark.main([tiny[0], '--head-only', '--compile'])
+
+
+def test_peak_memory_sees_a_known_allocation():
+    size = 64 * 2**20  # above glibc's largest mmap threshold: mapped
+
+    def step():
+        torch.ones(size // 4, dtype=torch.float32)  # touched, then freed
+
+    peak = benchmark.peak_memory(step, 2, torch.device('cpu'))
+    assert 0.9 * size < peak < 1.3 * size
+
+
+def test_steps_alternate_and_are_all_timed():
+    calls = []
+    steps = {name: (lambda n=name: calls.append(n)) for name in 'ab'}
+    times = benchmark.time_steps(steps, iters=3, warmup=1,
+                                 device=torch.device('cpu'))
+    assert {k: len(v) for k, v in times.items()} == {'a': 3, 'b': 3}
+    assert calls == ['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']
 
 
 # -------------------------------------------------------------------- demo
@@ -190,6 +211,25 @@ def test_onnx_export_matches_pytorch(tiny, tmp_path, capsys):
     assert len(re.findall(r'max \|onnxruntime - pytorch\|', printed)) == 3
     assert 'input 2x3x73x59' in printed
     assert 'input 1x3x80x80' in printed
+
+
+def test_onnx_nan_difference_fails(tiny, tmp_path, monkeypatch):
+    pytest.importorskip('onnxruntime')
+
+    class NaNSession:
+        """An onnxruntime session whose logits are all NaN."""
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self, names, feeds):
+            batch, _, h, w = feeds['img'].shape
+            return [np.full((batch, NUM_CLASSES, h, w), np.nan, np.float32)]
+
+    monkeypatch.setattr(pytorch2onnx.ort, 'InferenceSession', NaNSession)
+    with pytest.raises(SystemExit, match='relative difference nan'):
+        pytorch2onnx.main([tiny[0], tiny[1], '--out',
+                           str(tmp_path / 'm.onnx'), '--shape', '64', '64'])
 
 
 # ------------------------------------------------- crafted checkpoint files
