@@ -11,6 +11,7 @@ import os
 import os.path as osp
 from typing import Iterator, Optional, Sequence
 
+from mmengine import fileio
 from mmengine.config import Config
 from mmseg.registry import DATASETS
 
@@ -165,8 +166,9 @@ def _default_arg(cls: Optional[type], name: str):
 
 
 def _contains_file(folder: str, suffix: str) -> bool:
-    """Whether ``folder`` or a sub-folder holds a file ending in ``suffix``;
-    stops at the first one."""
-    return any(
-        any(f.endswith(suffix) for f in files)
-        for _, _, files in os.walk(folder))
+    """Whether mmseg's listing of ``folder`` (recursive, as
+    ``BaseSegDataset.load_data_list`` lists it) finds a file ending in
+    ``suffix``; stops at the first one."""
+    files = fileio.list_dir_or_file(
+        folder, list_dir=False, suffix=suffix, recursive=True)
+    return next(files, None) is not None
