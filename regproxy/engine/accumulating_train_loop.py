@@ -72,7 +72,8 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
     def run(self) -> torch.nn.Module:
         """Train; the data iterator then yields K batches at a time."""
         wrapper = self.runner.optim_wrapper
-        # mmengine keeps K private; OptimWrapperDict has none (K = 1).
+        # mmengine 0.10.7 keeps K private (no public accessor);
+        # OptimWrapperDict has none (K = 1).
         count = getattr(wrapper, '_accumulative_counts', 1)
         # The runner counted the wrapper's backward passes in this loop's
         # iterations (and, resuming at a step that is not a multiple of K,

@@ -2,17 +2,11 @@ import logging
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
+from .unwrap_model import unwrap_model
+
 __all__ = ['LabelChecksHook']
-
-
-def _decode_head(runner):
-    model = runner.model
-    while is_model_wrapper(model) or hasattr(model, 'module'):
-        model = model.module
-    return getattr(model, 'decode_head', None)
 
 
 @HOOKS.register_module()
@@ -34,7 +28,7 @@ class LabelChecksHook(Hook):
         self.ignore_index = ignore_index
 
     def _check_classes(self, runner, loader: str) -> None:
-        head = _decode_head(runner)
+        head = getattr(unwrap_model(runner.model), 'decode_head', None)
         dataset = getattr(getattr(runner, loader), 'dataset', None)
         classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
         if head is None or classes is None:

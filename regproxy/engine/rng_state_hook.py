@@ -33,6 +33,7 @@ class RNGStateHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('rng_state')
+        # mmengine 0.10.7's Runner keeps its resume setting private.
         if state is None or not getattr(runner, '_resume', False):
             return  # loading weights to start a new run keeps its own seed
         random.setstate(state['python'])

@@ -6,12 +6,13 @@ import re
 from typing import Callable, List, Optional, Union
 
 from mmengine.dist import is_main_process
-from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
-from .checkpoint import (CheckpointError, load_checkpoint_file, load_weights,
-                         trusted_checkpoints)
+from ..models.utils.safe_checkpoint_loader import (CheckpointError,
+                                                   load_checkpoint_file,
+                                                   trusted_checkpoints)
+from .checkpoint import load_weights
 from .work_dir_lock import WorkDirLock
 
 __all__ = ['RegProxyRunner', 'find_resumable_checkpoints']
@@ -51,10 +52,8 @@ def _checkpoint_seed(cfg) -> Optional[int]:
         cfg.get('work_dir', ''))
     for path in candidates:
         try:
-            # mmap: only the metadata is read from disk
             meta = load_checkpoint_file(
-                path, trust=cfg.get('trust_checkpoint', False),
-                mmap=True).get('meta', {})
+                path, trust=cfg.get('trust_checkpoint', False)).get('meta', {})
         except CheckpointError:
             continue  # resuming reports it
         return meta.get('seed')
@@ -65,7 +64,8 @@ def _checkpoint_seed(cfg) -> Optional[int]:
 class RegProxyRunner(Runner):
     """mmengine's Runner with safe, checked checkpoint loading.
 
-    - Files are read with ``weights_only=True`` and an allow-list
+    - Files (local paths, ``http(s)://`` URLs, mmengine's other schemes)
+      are read with ``weights_only=True`` and an allow-list
       (:func:`load_checkpoint_file`); ``trust_checkpoint = True`` in the
       config reads them in full, for files from a trusted source.
     - Checkpoints of another model stop with an error that lists the
@@ -99,10 +99,10 @@ class RegProxyRunner(Runner):
                         strict: Optional[bool] = None,
                         revise_keys: list = [(r'^module\.', '')]) -> dict:
         """Read ``filename`` safely, let the hooks see it, check that it
-        fits the model and load its weights.
+        fits the model and load its weights (:func:`load_weights`).
 
         Args:
-            filename (str): the checkpoint file.
+            filename (str): the checkpoint file or URL.
             map_location: as for ``torch.load``.
             strict (bool, optional): refuse mismatched keys; None takes the
                 config's ``load_strict`` (default True).
@@ -121,18 +121,15 @@ class RegProxyRunner(Runner):
         self._loaded_meta = dict(meta or {}, message_hub=checkpoint.get(
             'message_hub', {}).get('runtime_info', {}))
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
-        model = self.model
-        # DDP and the test-time-augmentation wrapper hold the segmentor in
-        # ``module``.
-        while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-            model = model.module
         load_weights(
-            model,
+            self.model,
             checkpoint,
             filename,
             strict=self.load_strict if strict is None else strict,
             revise_keys=revise_keys,
             logger=self.logger)
+        # As mmengine 0.10.7's load_checkpoint does (no public setter):
+        # train() then keeps these weights instead of loading load_from.
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
@@ -221,11 +218,11 @@ class RegProxyRunner(Runner):
                 continue
             scheduler.base_values = [
                 v * r for v, r in zip(scheduler.base_values, ratios)]
-            scheduler._last_value = [group['lr'] for group in groups]
 
     def load_or_resume(self) -> None:
         """mmengine's, except for resuming without ``load_from``: the newest
         readable checkpoint of the work dir (see the class docs)."""
+        # mmengine 0.10.7's Runner keeps these settings private.
         if self._has_loaded or not (self._resume and self._load_from is None):
             return super().load_or_resume()
         candidates = find_resumable_checkpoints(self.work_dir)
@@ -241,7 +238,6 @@ class RegProxyRunner(Runner):
                     raise
                 self.logger.warning(f'Skipped for resuming: {error}')
                 continue
-            self._has_loaded = True
             self.logger.info(f'Resumed from the newest readable checkpoint '
                              f'{path}')
             return None

@@ -57,8 +57,8 @@ def _runner(work_dir,
             resume=None,
             checkpoint_interval=2):
     loop = 'AccumulatingTrainLoop' if accumulate > 1 else 'IterBasedTrainLoop'
-    # RegProxyRunner: mmengine's reads checkpoints with torch.load's
-    # default weights_only=True, which refuses its own message hub
+    # The hook writes the message hub as tensors: mmengine's checkpoints
+    # hold HistoryBuffers, which weights-only reading refuses
     return RegProxyRunner(
         model=LayerNormNet(),
         work_dir=str(work_dir),
@@ -80,6 +80,7 @@ def _runner(work_dir,
                                            by_epoch=False,
                                            interval=checkpoint_interval),
                            logger=dict(type='LoggerHook', interval=1)),
+        custom_hooks=[dict(type='WeightsOnlyCheckpointHook')],
         load_from=resume,
         resume=resume is not None,
         default_scope='mmseg',

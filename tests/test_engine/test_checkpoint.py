@@ -1,7 +1,6 @@
 """Safe reading of checkpoint files, key checks and atomic writing."""
 import builtins
 import os
-import pickle
 import random
 
 import numpy as np
@@ -10,9 +9,9 @@ import timm
 import torch
 from mmengine.logging import HistoryBuffer, MessageHub
 
-from regproxy.engine import (CheckpointError, load_checkpoint_file,
-                             load_segmentor_checkpoint, save_checkpoint_file,
-                             trusted_checkpoints)
+from regproxy.engine import (CheckpointError, WeightsOnlyCheckpointHook,
+                             load_checkpoint_file, load_segmentor_checkpoint,
+                             save_checkpoint_file, trusted_checkpoints)
 from tests.tiny_models import tiny_segmentor
 
 
@@ -34,22 +33,22 @@ def crafted_checkpoint(path, marker):
     return path
 
 
-def mmengine_training_checkpoint(path):
-    """What mmengine's runner writes besides weights: message hub history
-    buffers (numpy arrays inside), numpy scalars and random states."""
+def mmengine_training_checkpoint():
+    """What mmengine's runner puts in a checkpoint besides weights: message
+    hub history buffers (numpy arrays inside), numpy scalars, random
+    states."""
     hub = MessageHub.get_instance('test_checkpoint')
     for i in range(3):
         hub.update_scalar('train/loss', 1.0 / (i + 1))
     hub.update_info('best_score', np.float64(0.5), resumed=True)
-    torch.save({
+    return {
         'state_dict': tiny_segmentor().state_dict(),
         'meta': {'iter': 3, 'seed': 7, 'dataset_meta': {'classes': ('a', )}},
         'message_hub': hub.state_dict(),
         'rng_state': {'numpy': np.random.get_state(),
                       'python': random.getstate(),
                       'torch': torch.get_rng_state()},
-    }, path)
-    return path
+    }
 
 
 def test_crafted_pickle_is_refused_with_the_global_and_the_opt_in(tmp_path):
@@ -78,16 +77,32 @@ def test_trusted_file_is_unpickled_in_full(tmp_path):
     assert marker.exists()
 
 
-def test_mmengine_training_checkpoint_needs_and_passes_the_allow_list(
-        tmp_path):
-    path = mmengine_training_checkpoint(tmp_path / 'iter_3.pth')
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(path, weights_only=True)  # torch alone refuses it
-    checkpoint = load_checkpoint_file(path)
-    buffer = checkpoint['message_hub']['log_scalars']['train/loss']
+def test_history_buffers_are_refused_unless_written_as_tensors(tmp_path):
+    """mmengine's HistoryBuffers unpickle through getattr: refused. The
+    WeightsOnlyCheckpointHook (in every config) writes them as tensors, and
+    rebuilds them on loading."""
+    checkpoint = mmengine_training_checkpoint()
+    raw = tmp_path / 'mmengine.pth'
+    torch.save(checkpoint, raw)
+    with pytest.raises(CheckpointError, match=(
+            'it asks for builtins.getattr, '
+            'mmengine.logging.history_buffer.HistoryBuffer.*--trust')):
+        load_checkpoint_file(raw)
+    assert isinstance(load_checkpoint_file(raw, trust=True)['message_hub'][
+        'log_scalars']['train/loss'], HistoryBuffer)
+
+    hook = WeightsOnlyCheckpointHook()
+    hook.before_save_checkpoint(None, checkpoint)
+    ours = tmp_path / 'iter_3.pth'
+    torch.save(checkpoint, ours)
+    torch.load(ours, weights_only=True)  # torch alone reads it
+    loaded = load_checkpoint_file(ours)
+    hook.after_load_checkpoint(None, loaded)
+    buffer = loaded['message_hub']['log_scalars']['train/loss']
     assert buffer.current() == pytest.approx(1 / 3)
-    assert checkpoint['message_hub']['runtime_info']['best_score'] == 0.5
-    np.random.set_state(checkpoint['rng_state']['numpy'])
+    assert buffer.mean() == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    assert loaded['message_hub']['runtime_info']['best_score'] == 0.5
+    np.random.set_state(loaded['rng_state']['numpy'])
 
 
 def test_released_0x_and_imagenet_files_load(tmp_path):
@@ -95,14 +110,16 @@ def test_released_0x_and_imagenet_files_load(tmp_path):
     released = tmp_path / 'released.pth'
     torch.save({
         'state_dict': model.state_dict(),
+        # a generated palette was stored as a numpy array (SAFE_GLOBALS)
         'meta': {'CLASSES': ('wall', 'sky'),
-                 'PALETTE': [[1, 2, 3], [4, 5, 6]],
+                 'PALETTE': np.array([[1, 2, 3], [4, 5, 6]]),
                  'config': "model = dict(type='EncoderDecoder')",
                  'mmcv_version': '1.4.0', 'iter': 160000},
         'optimizer': torch.optim.AdamW(model.parameters()).state_dict(),
     }, released)
     checkpoint = load_segmentor_checkpoint(tiny_segmentor(), released)
     assert checkpoint['meta']['CLASSES'] == ('wall', 'sky')
+    assert checkpoint['meta']['PALETTE'].tolist() == [[1, 2, 3], [4, 5, 6]]
     timm_file = tmp_path / 'deit.pth'
     torch.save({'model': timm.create_model('deit_tiny_patch16_224')
                 .state_dict()}, timm_file)
@@ -191,18 +208,3 @@ def test_shell_command_in_a_checkpoint_is_refused(tmp_path):
                        r'posix.system'):
         load_checkpoint_file(path)
     assert not marker.exists()
-
-
-class ReadsAttribute:
-    """Unpickling it calls getattr on something other than a statistics
-    method of HistoryBuffer."""
-
-    def __reduce__(self):
-        return getattr, (HistoryBuffer, '__init__')
-
-
-def test_getattr_reaches_history_buffer_statistics_only(tmp_path):
-    path = tmp_path / 'reads.pth'
-    torch.save({'x': ReadsAttribute()}, path)
-    with pytest.raises(CheckpointError, match='builtins.getattr'):
-        load_checkpoint_file(path)

@@ -20,6 +20,10 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
+from ..utils.safe_checkpoint_loader import (CheckpointError,
+                                            check_state_dict_fits,
+                                            load_checkpoint_file)
+
 __all__ = ['TimmRegionProxyViT']
 
 # timm model modules (short names, as timm's registry keys them) whose models
@@ -178,7 +182,6 @@ class TimmRegionProxyViT(BaseModule):
             state_dict = timm.create_model(
                 self.model_name, pretrained=True).state_dict()
         else:
-            from regproxy.engine.checkpoint import load_checkpoint_file
             source = self.pretrained
             state_dict = load_checkpoint_file(self.pretrained,
                                               map_location='cpu')
@@ -203,8 +206,6 @@ class TimmRegionProxyViT(BaseModule):
         Raises:
             CheckpointError: keys missing, unexpected or of another shape.
         """
-        from regproxy.engine.checkpoint import (CheckpointError,
-                                                check_state_dict_fits)
         if not isinstance(state_dict, Mapping):
             raise CheckpointError(f'{source} holds a '
                                   f'{type(state_dict).__name__}, expected a '
@@ -223,7 +224,9 @@ class TimmRegionProxyViT(BaseModule):
                     continue
                 key = key[len('fc_'):]
             loaded[key] = value
-        check_state_dict_fits(self.vit, loaded, source, strict=True)
+        check_state_dict_fits(
+            self.vit, loaded, source,
+            f'Expected timm weights of {self.model_name} (state_dict())')
         self.vit.load_state_dict(loaded, strict=True)
         print_log(
             f'loaded {source} into {type(self).__name__}({self.model_name}); '

@@ -21,8 +21,8 @@ from mmengine.utils import to_2tuple
 from mmseg.registry import MODELS
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
 
-from ...engine.checkpoint import load_checkpoint_file
 from ..utils.checkpoint_filter import checkpoint_filter_fn
+from ..utils.safe_checkpoint_loader import load_checkpoint_file
 from .hybrid_embed import HYBRID_STEMS, HybridPatchEmbed
 
 __all__ = ['RegionProxyViT']
@@ -315,11 +315,11 @@ class RegionProxyViT(BaseModule):
                 nn.init.zeros_(attn.in_proj_bias)
 
     def load_pretrained(self, filename: str):
-        """Load a timm, DeiT or mmseg-ViT checkpoint file into the backbone.
+        """Load a timm, DeiT or mmseg-ViT checkpoint into the backbone.
 
-        The file is read safely (:func:`load_checkpoint_file`) and converted
-        by :func:`checkpoint_filter_fn`; keys that do not fit are reported in
-        a warning.
+        The file (a path or URL) is read safely (:func:`load_checkpoint_file`)
+        and converted by :func:`checkpoint_filter_fn`; keys that do not fit
+        are reported in a warning.
         """
         checkpoint = load_checkpoint_file(filename)
         state_dict = checkpoint_filter_fn(checkpoint, self)

@@ -9,6 +9,8 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from timm.layers import resample_abs_pos_embed
 
+from .safe_checkpoint_loader import revise_state_dict
+
 __all__ = ['checkpoint_filter_fn', 'unwrap_state_dict', 'is_timm_vit']
 
 # (pattern, replacement) applied in order to every timm/DeiT key.
@@ -34,10 +36,7 @@ def unwrap_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
         if key in checkpoint and isinstance(checkpoint[key], Mapping):
             checkpoint = checkpoint[key]
             break
-    state_dict = {}
-    for key, value in checkpoint.items():
-        key = key[len('module.'):] if key.startswith('module.') else key
-        state_dict[key] = value
+    state_dict = revise_state_dict(checkpoint)
     if any(k.startswith('backbone.') for k in state_dict):
         state_dict = {
             k[len('backbone.'):]: v
