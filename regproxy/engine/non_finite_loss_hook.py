@@ -1,29 +1,42 @@
 import math
 
 from mmengine.hooks import Hook
+from mmengine.logging import MessageHub
 from mmseg.registry import HOOKS
 
-from .skip_non_finite_optim_wrapper import SkipNonFiniteOptimWrapper
+__all__ = ['NonFiniteLossHook', 'SKIPPED_STEPS']
+
+# Message hub info in which an optimizer wrapper that skips the update of
+# a non-finite loss counts the steps it skipped.
+SKIPPED_STEPS = 'non_finite_skipped_steps'
+
+
+def _skipped_steps() -> int:
+    return MessageHub.get_current_instance().get_info(SKIPPED_STEPS, 0)
 
 
 @HOOKS.register_module()
 class NonFiniteLossHook(Hook):
-    """Stop training at the first NaN or inf loss.
+    """Stop training at the first NaN or inf loss that was not skipped.
 
     Runs before the checkpoint hook (priority ``ABOVE_NORMAL``), so the
     step that produced the bad loss is never saved and the last good
-    checkpoint stays the latest one to resume from. With
-    :class:`SkipNonFiniteOptimWrapper`, which skips such steps and decides
-    when to stop, it stands aside.
+    checkpoint stays the latest one to resume from. An iteration whose
+    update the optimizer wrapper skipped (it counts it in the message hub's
+    :data:`SKIPPED_STEPS`, as :class:`SkipNonFiniteOptimWrapper` does) is
+    left to the wrapper, which decides when to stop.
     """
 
     priority = 'ABOVE_NORMAL'
+    _skipped_before = 0
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self._skipped_before = _skipped_steps()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
         loss = (outputs or {}).get('loss')
-        if loss is None or isinstance(runner.optim_wrapper,
-                                      SkipNonFiniteOptimWrapper):
+        if loss is None or _skipped_steps() != self._skipped_before:
             return
         value = float(loss.detach())
         if not math.isfinite(value):

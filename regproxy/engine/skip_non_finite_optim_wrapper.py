@@ -9,7 +9,9 @@ from mmengine.logging import MessageHub, print_log
 from mmengine.optim import OptimWrapper
 from mmseg.registry import OPTIM_WRAPPERS
 
-from .checkpoint import CheckpointError, load_checkpoint_file
+from ..models.utils.safe_checkpoint_loader import (CheckpointError,
+                                                   load_checkpoint_file)
+from .non_finite_loss_hook import SKIPPED_STEPS
 
 __all__ = ['SkipNonFiniteOptimWrapper']
 
@@ -20,8 +22,10 @@ class SkipNonFiniteOptimWrapper(OptimWrapper):
 
     A rare bad batch then costs one step instead of the run; a run that
     keeps diverging still stops, after ``max_consecutive_skips`` skipped
-    steps in a row, before anything is checkpointed. Without this wrapper
-    :class:`NonFiniteLossHook` stops at the first non-finite loss.
+    steps in a row, before anything is checkpointed. Each skipped step is
+    counted in the message hub's ``SKIPPED_STEPS`` info, so that
+    :class:`NonFiniteLossHook`, which stops at a non-finite loss that was
+    not skipped, leaves it to this wrapper.
 
     The forward pass of a skipped step has already updated the model's
     buffers (BatchNorm running statistics) with non-finite values: they are
@@ -88,8 +92,9 @@ class SkipNonFiniteOptimWrapper(OptimWrapper):
                       zero_kwargs=None) -> None:
         """Update as ``OptimWrapper`` does, unless the loss is not finite.
 
-        A skipped step still counts towards gradient accumulation; the
-        gradients accumulated in its window are dropped.
+        A skipped step still counts towards gradient accumulation: the
+        other micro-batches of its window are applied, unless the skipped
+        one ends the window, which then drops the window's gradients.
         """
         finite = torch.isfinite(loss.detach()).all().float()
         if is_distributed():
@@ -100,10 +105,12 @@ class SkipNonFiniteOptimWrapper(OptimWrapper):
             return
         self.consecutive_skips += 1
         self.total_skips += 1
-        iteration = self._inner_count + 1
+        iteration = self.inner_count + 1
+        hub = MessageHub.get_current_instance()
+        hub.update_info(SKIPPED_STEPS, hub.get_info(SKIPPED_STEPS, 0) + 1,
+                        resumed=False)
         if self.first_skip is None:
-            self.first_skip = (iteration, MessageHub.get_current_instance()
-                               .get_info('last_ckpt'))
+            self.first_skip = (iteration, hub.get_info('last_ckpt'))
         if self.consecutive_skips >= self.max_consecutive_skips:
             raise FloatingPointError(
                 f'loss not finite for {self.consecutive_skips} iterations in '
@@ -117,6 +124,8 @@ class SkipNonFiniteOptimWrapper(OptimWrapper):
         with torch.no_grad():
             for buffer, saved in self._saved_buffers:
                 buffer.copy_(saved)
-        self._inner_count += 1
+        # Count the step through OptimWrapper's own backward(): a zero
+        # outside the model's graph gives no parameter a gradient.
+        self.backward(torch.zeros((), requires_grad=True))
         if self.should_update():
             self.zero_grad(**(zero_kwargs or {}))

@@ -52,7 +52,7 @@ def test_non_finite_loss_skips_the_update(bad):
     assert any('at iteration 2' in r and 'update skipped' in r
                for r in records)
     # Iterations still count (schedulers and accumulation stay in step).
-    assert wrapper._inner_count == 2
+    assert wrapper.inner_count == 2
     wrapper.update_params(_loss(model))
     assert wrapper.consecutive_skips == 0 and wrapper.total_skips == 1
     assert torch.isfinite(model.weight).all()
@@ -85,8 +85,14 @@ def test_max_consecutive_skips_is_checked():
         _wrapper(max_consecutive_skips=0)
 
 
-def test_stop_hook_stands_aside():
-    _, wrapper = _wrapper()
+def test_stop_hook_leaves_skipped_steps_to_the_wrapper():
+    model, wrapper = _wrapper()
     runner = SimpleNamespace(iter=0, work_dir='w', optim_wrapper=wrapper)
-    NonFiniteLossHook().after_train_iter(
-        runner, 0, outputs=dict(loss=torch.tensor(float('nan'))))
+    hook = NonFiniteLossHook()
+    nan = dict(loss=torch.tensor(float('nan')))
+    hook.before_train_iter(runner, 0)
+    wrapper.update_params(_loss(model, float('nan')))  # skipped
+    hook.after_train_iter(runner, 0, outputs=nan)
+    hook.before_train_iter(runner, 1)  # a NaN that no one skipped
+    with pytest.raises(FloatingPointError, match='at iteration 1'):
+        hook.after_train_iter(runner, 1, outputs=nan)
