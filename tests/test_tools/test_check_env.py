@@ -45,6 +45,25 @@ def report_and_mismatch(tmp_path_factory):
     return _run(), _run('--requirements', str(pins))
 
 
+def test_a_broken_dependency_is_named_not_blamed_on_mmcv(tmp_path):
+    """mmengine failing to import breaks mmcv's import too: the report names
+    the failure once, at the regproxy import, not as broken mmcv ops."""
+    (tmp_path / 'mmengine').mkdir()
+    (tmp_path / 'mmengine' / '__init__.py').write_text(
+        "raise ImportError('mmengine is broken here')")
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=f'{tmp_path}{os.pathsep}{REPO}')
+    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert [line for line in proc.stdout.splitlines()
+            if line.startswith('mismatch:')] == [
+                'mismatch: import regproxy: ImportError: mmengine is broken '
+                'here; fix: bash tools/install.sh'
+            ]
+    assert 'mmseg collect_env() fails' in proc.stdout
+
+
 def test_this_environment_matches_its_pins(report_and_mismatch):
     proc, _ = report_and_mismatch
     output = proc.stdout + proc.stderr
