@@ -1,5 +1,6 @@
-"""tools/analysis/benchmark.py, tools/demo.py and
-tools/deployment/pytorch2onnx.py on a tiny randomly initialised model."""
+"""tools/analysis/benchmark.py, tools/analysis/get_flops.py, tools/demo.py
+and tools/deployment/pytorch2onnx.py on a tiny randomly initialised
+model."""
 import re
 from pathlib import Path
 
@@ -43,6 +44,7 @@ test_pipeline = [
 
 benchmark = load_script('tools/analysis/benchmark.py')
 demo = load_script('tools/demo.py')
+get_flops = load_script('tools/analysis/get_flops.py')
 pytorch2onnx = load_script('tools/deployment/pytorch2onnx.py')
 vit2regproxy = load_script('tools/model_converters/vit2regproxy.py')
 
@@ -146,6 +148,22 @@ def test_steps_alternate_and_are_all_timed():
                                  device=torch.device('cpu'))
     assert {k: len(v) for k, v in times.items()} == {'a': 3, 'b': 3}
     assert calls == ['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']
+
+
+# --------------------------------------------------------------- get_flops
+
+
+def test_get_flops_splits_off_attention_per_layer(tiny):
+    result = get_flops.analyse(tiny[0], (64, 96))
+    model = benchmark.build_model(Config.fromfile(tiny[0]), 'ours',
+                                  torch.device('cpu'))
+    assert result['params'] == sum(p.numel() for p in model.parameters())
+    # Each of the 2 layers: qkv and output projections, QK^T and AV, over
+    # the 4x6 patch tokens and the cls token, width 32.
+    tokens, width = 4 * 6 + 1, 32
+    attention = 2 * (4 * tokens * width**2 + 2 * tokens**2 * width)
+    assert result['full'] - result['paper'] == attention
+    assert result['paper'] > 0
 
 
 # -------------------------------------------------------------------- demo
