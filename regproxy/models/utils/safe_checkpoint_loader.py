@@ -187,8 +187,8 @@ def _trusted_only(loader: Callable) -> Callable:
             raise CheckpointError(
                 f'refusing to load {filename}: mmengine reads model-zoo '
                 'names by unpickling in full, which could run code from the '
-                "file. Give the file's http(s) URL or path instead (read "
-                f'weights-only), or trust it. {TRUST_HINT}')
+                "file; give the file's http(s) URL or path instead, which "
+                f'are read weights-only. {TRUST_HINT}')
         return loader(filename, map_location)
 
     return load
