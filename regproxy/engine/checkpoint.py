@@ -22,8 +22,8 @@ from .atomic_local_backend import AtomicLocalBackend
 from .unwrap_model import unwrap_model
 
 __all__ = [
-    'STRICT_REMEDY', 'save_checkpoint_file', 'load_weights',
-    'load_segmentor_checkpoint'
+    'STRICT_REMEDY', 'save_checkpoint_file', 'refuse_imagenet_vit',
+    'load_weights', 'load_segmentor_checkpoint'
 ]
 
 CONVERTER = 'tools/model_converters/vit2regproxy.py'
@@ -36,6 +36,19 @@ def save_checkpoint_file(obj: Any, filename: Union[str, Path]) -> None:
     with io.BytesIO() as buffer:
         torch.save(obj, buffer)
         AtomicLocalBackend().put(buffer.getvalue(), filename)
+
+
+def refuse_imagenet_vit(checkpoint: dict, source: str) -> None:
+    """Raise a CheckpointError pointing to the converter when
+    ``checkpoint`` holds ImageNet ViT weights (timm/DeiT names) rather than
+    a segmentor."""
+    if is_timm_vit(unwrap_state_dict(checkpoint)) and not any(
+            k.startswith('decode_head.')
+            for k in checkpoint.get('state_dict', checkpoint)):
+        raise CheckpointError(
+            f'{source} holds ImageNet ViT weights (timm/DeiT names), not a '
+            f'segmentor checkpoint: set it as model.backbone.pretrained, or '
+            f'convert it with python {CONVERTER} {source} OUT --config CONFIG')
 
 
 def load_weights(model: nn.Module,
@@ -72,14 +85,9 @@ def load_weights(model: nn.Module,
         raise CheckpointError(
             f'checkpoint {source} holds a {type(checkpoint).__name__}, '
             'expected a dict with a state_dict')
+    refuse_imagenet_vit(checkpoint, source)
     weights = revise_state_dict(checkpoint.get('state_dict', checkpoint),
                                 revise_keys)
-    if is_timm_vit(unwrap_state_dict(checkpoint)) and not any(
-            k.startswith('decode_head.') for k in weights):
-        raise CheckpointError(
-            f'{source} holds ImageNet ViT weights (timm/DeiT names), not a '
-            f'segmentor checkpoint: set it as model.backbone.pretrained, or '
-            f'convert it with python {CONVERTER} {source} OUT --config CONFIG')
     model = unwrap_model(model)
     if strict:
         check_state_dict_fits(model, weights, source, remedy)

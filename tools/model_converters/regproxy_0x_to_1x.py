@@ -28,18 +28,18 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from regproxy.engine.checkpoint import (CheckpointError, load_checkpoint_file,
-                                        load_weights, save_checkpoint_file)
-from regproxy.models.utils import standalone_model_cfg, unwrap_state_dict
-from regproxy.models.utils.checkpoint_filter import is_timm_vit
-from regproxy.utils import add_trust_checkpoint_arg, fail
+from regproxy.datasets import leaf_datasets
+from regproxy.engine import (CheckpointError, load_checkpoint_file,
+                             load_weights, save_checkpoint_file)
+from regproxy.engine.checkpoint import refuse_imagenet_vit
+from regproxy.models.utils.safe_checkpoint_loader import (
+    revise_state_dict, state_dict_mismatches)
+from regproxy.utils import add_trust_checkpoint_arg, fail, standalone_model_cfg
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED = REPO / 'configs'
 # The configs of the original (mmseg 0.x) release of RegionProxy.
 RELEASED = ('regproxy_ade20k', 'regproxy_cityscapes')
-VIT_CONVERTER = 'tools/model_converters/vit2regproxy.py'
-PREFIXES = ('backbone.', 'decode_head.')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -67,19 +67,14 @@ def segmentor_state_dict(checkpoint, source: str) -> Dict[str, torch.Tensor]:
         dict: the ``state_dict``, ``module.`` prefixes removed.
 
     Raises:
-        CheckpointError: the file is not a whole RegionProxy checkpoint; the
-            message names what is missing.
+        CheckpointError: the file holds no segmentor ``state_dict`` (or
+            ImageNet ViT weights); the message says what it holds.
     """
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f'{source} holds a {type(checkpoint).__name__}; expected a dict '
             "with 'state_dict' and 'meta' (an mmseg 0.x checkpoint)")
-    if is_timm_vit(unwrap_state_dict(checkpoint)):
-        raise CheckpointError(
-            f'{source} holds ImageNet ViT weights (timm/DeiT names, no '
-            'decode_head), not a RegionProxy checkpoint: convert it with '
-            f'python {VIT_CONVERTER} {source} OUT --config CONFIG and use it '
-            'as model.backbone.pretrained')
+    refuse_imagenet_vit(checkpoint, source)
     weights = checkpoint.get('state_dict')
     if not isinstance(weights, dict):
         keys = ', '.join(repr(k) for k in list(checkpoint)[:10]) or 'none'
@@ -87,47 +82,15 @@ def segmentor_state_dict(checkpoint, source: str) -> Dict[str, torch.Tensor]:
             f"{source} has no 'state_dict' (its top-level keys: {keys}); "
             "expected an mmseg 0.x checkpoint {'state_dict': ..., "
             "'meta': ...}")
-    if any(k.startswith('module.') for k in weights):
-        weights = {k[len('module.'):] if k.startswith('module.') else k: v
-                   for k, v in weights.items()}
-    not_tensors = [k for k, v in weights.items()
-                   if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(
-            f'{source}: state_dict entry {not_tensors[0]!r} is a '
-            f'{type(weights[not_tensors[0]]).__name__}; expected tensors')
-    for prefix in PREFIXES:
-        if not any(k.startswith(prefix) for k in weights):
-            first = ', '.join(list(weights)[:5]) or 'none'
-            raise CheckpointError(
-                f'{source}: no {prefix}* weights in its state_dict (first '
-                f'keys: {first}); expected a whole segmentor '
-                '(backbone.* and decode_head.*)')
-    return weights
-
-
-def _layout(model: torch.nn.Module) -> Dict[str, Tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return revise_state_dict(weights)  # DDP's module. removed
 
 
 def build_model(cfg: Config, device: str = 'cpu') -> torch.nn.Module:
-    """The config's segmentor without any weights file (SyncBN as BN)."""
+    """The config's segmentor without any weights file."""
     from mmseg.registry import MODELS
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     with torch.device(device):
         return MODELS.build(standalone_model_cfg(cfg.model))
-
-
-def _differences(own: Dict[str, Tuple[int, ...]],
-                 layout: Dict[str, Tuple[int, ...]]) -> List[str]:
-    """Keys that one side lacks or that differ in shape, described."""
-    found = [f'missing in the file: {k} {own[k]}'
-             for k in sorted(set(own) - set(layout))]
-    found += [f'not in the model: {k} {layout[k]}'
-              for k in sorted(set(layout) - set(own))]
-    found += [f'{k} {layout[k]} in the file, {own[k]} in the model'
-              for k in sorted(set(own) & set(layout)) if own[k] != layout[k]]
-    return found
 
 
 def find_config(weights: Dict[str, torch.Tensor], source: str) -> Path:
@@ -142,12 +105,11 @@ def find_config(weights: Dict[str, torch.Tensor], source: str) -> Path:
         CheckpointError: no config fits (the closest one and its
             differences are named), or several do.
     """
-    layout = {k: tuple(v.shape) for k, v in weights.items()}
     candidates = sorted(p for folder in RELEASED
                         for p in (PUBLISHED / folder).glob('*.py'))
     differences = {
-        path: _differences(_layout(build_model(Config.fromfile(path),
-                                               'meta')), layout)
+        path: state_dict_mismatches(
+            build_model(Config.fromfile(path), 'meta'), weights)
         for path in candidates
     }
     matches = [p for p, found in differences.items() if not found]
@@ -162,7 +124,7 @@ def find_config(weights: Dict[str, torch.Tensor], source: str) -> Path:
     shown = '; '.join(differences[closest][:5])
     more = len(differences[closest]) - 5
     raise CheckpointError(
-        f'the keys and shapes of {source} ({len(layout)} tensors) fit none '
+        f'the keys and shapes of {source} ({len(weights)} tensors) fit none '
         f'of the {len(candidates)} released configs; the closest is '
         f'{closest} with {len(differences[closest])} difference(s): {shown}'
         f'{f" and {more} more" if more > 0 else ""}. Name its config with '
@@ -175,16 +137,12 @@ def _config_metainfo(cfg: Config) -> dict:
     from mmseg.registry import DATASETS
     for split in ('test', 'val', 'train'):
         loader = cfg.get(f'{split}_dataloader') or {}
-        dataset = loader.get('dataset') or {}
-        while isinstance(dataset.get('dataset'), dict):  # wrappers
-            dataset = dataset['dataset']
-        if not dataset.get('type'):
-            continue
-        metainfo = dict(getattr(DATASETS.get(dataset['type']), 'METAINFO',
-                                {}))
-        metainfo.update(dataset.get('metainfo') or {})
-        if metainfo.get('classes'):
-            return metainfo
+        for dataset in leaf_datasets(loader.get('dataset') or {}):
+            metainfo = dict(getattr(DATASETS.get(dataset.get('type')),
+                                    'METAINFO', {}))
+            metainfo.update(dataset.get('metainfo') or {})
+            if metainfo.get('classes'):
+                return metainfo
     return {}
 
 

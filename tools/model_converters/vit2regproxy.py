@@ -19,8 +19,8 @@ from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 from regproxy.engine import (CheckpointError, load_checkpoint_file,
-                             save_checkpoint_file, trusted_checkpoints)
-from regproxy.models.utils import checkpoint_filter_fn, sync_bn_to_bn
+                             save_checkpoint_file)
+from regproxy.models.utils.checkpoint_filter import checkpoint_filter_fn
 from regproxy.utils import add_trust_checkpoint_arg, fail
 
 
@@ -38,12 +38,12 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     register_all_modules()
-    backbone_cfg = sync_bn_to_bn(Config.fromfile(args.config).model.backbone)
+    backbone_cfg = Config.fromfile(args.config).model.backbone
     with torch.device('meta'):  # geometry only, no memory
         backbone = MODELS.build(backbone_cfg)
     try:
-        with trusted_checkpoints(args.trust_checkpoint):
-            checkpoint = load_checkpoint_file(args.src)
+        checkpoint = load_checkpoint_file(args.src,
+                                          trust=args.trust_checkpoint)
         state_dict = checkpoint_filter_fn(checkpoint, backbone)
     except (CheckpointError, ValueError) as error:
         fail(str(error))
