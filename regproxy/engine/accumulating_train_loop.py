@@ -7,18 +7,11 @@ from mmseg.registry import LOOPS
 __all__ = ['AccumulatingTrainLoop']
 
 
-class _MicroBatches:
-    """Yields lists of ``count`` consecutive batches of ``batches``."""
-
-    def __init__(self, batches: Iterator, count: int):
-        self.batches = batches
-        self.count = count
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> List[dict]:
-        return [next(self.batches) for _ in range(self.count)]
+def _micro_batches(batches: Iterator, count: int) -> Iterator[List[dict]]:
+    """Lists of ``count`` consecutive batches of mmengine's endless
+    dataloader iterator ``batches``."""
+    while True:
+        yield [next(batches) for _ in range(count)]
 
 
 def _joined(batches: List[dict]):
@@ -80,8 +73,8 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
         # warned of lost gradients); they are micro-batches.
         wrapper.initialize_count_status(self.runner.model, self._iter * count,
                                         self._max_iters * count)
-        self.dataloader_iterator = _MicroBatches(self.dataloader_iterator,
-                                                 count)
+        self.dataloader_iterator = _micro_batches(self.dataloader_iterator,
+                                                  count)
         return super().run()
 
     def run_iter(self, data_batch: List[dict]) -> None:

@@ -81,8 +81,6 @@ class RegProxyRunner(Runner):
     its weights go into the model.
     """
 
-    _loaded_meta: dict = {}  # meta of the checkpoint loaded last
-
     @property
     def trust_checkpoint(self) -> bool:
         """Read checkpoint files in full (config key, default False)."""
@@ -118,8 +116,6 @@ class RegProxyRunner(Runner):
         if isinstance(meta, dict) and not self.trust_checkpoint:
             # mmengine's resume would run this 0.x config text as Python
             meta.pop('config', None)
-        self._loaded_meta = dict(meta or {}, message_hub=checkpoint.get(
-            'message_hub', {}).get('runtime_info', {}))
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         load_weights(
             self.model,
@@ -148,16 +144,16 @@ class RegProxyRunner(Runner):
                 cfg.randomness = dict(randomness, seed=seed)
         return super().from_cfg(cfg)
 
-    def save_checkpoint(self, out_dir: str, filename: str, *args,
-                        meta: Optional[dict] = None, **kwargs) -> None:
-        """mmengine's, recording the training batch in ``meta`` so that a
-        resumed run can say whether it differs."""
-        loader = self.train_dataloader
-        meta = dict(meta or {}, train_batch=dict(
-            batch_size=getattr(loader, 'batch_size', None),
-            world_size=self.world_size))
-        super().save_checkpoint(out_dir, filename, *args, meta=meta,
-                                **kwargs)
+    def _train_batch(self) -> dict:
+        return dict(batch_size=getattr(self.train_dataloader, 'batch_size',
+                                       None), world_size=self.world_size)
+
+    def save_checkpoint(self, *args, **kwargs) -> None:
+        """mmengine's, recording the training batch in the message hub
+        (which checkpoints hold) so that a resumed run can say whether it
+        differs."""
+        self.message_hub.update_info('train_batch', self._train_batch())
+        super().save_checkpoint(*args, **kwargs)
 
     def resume(self, filename: str, resume_optimizer: bool = True,
                resume_param_scheduler: bool = True,
@@ -185,16 +181,15 @@ class RegProxyRunner(Runner):
                 f'lr {max(resumed):g} in the checkpoint, {max(configured):g} '
                 "in the config: the config's wins (the resumed schedule is "
                 'scaled to it)')
-        meta = self._loaded_meta
-        batch = meta.get('train_batch') or {}
-        now = dict(batch_size=getattr(self.train_dataloader, 'batch_size',
-                                      None), world_size=self.world_size)
+        # the message hub holds the checkpoint's values until training starts
+        batch = self.message_hub.get_info('train_batch')
+        now = self._train_batch()
         if batch and batch != now:
             notes.append(
                 f'batch {batch["world_size"]} x {batch["batch_size"]} in '
                 f'the checkpoint, {now["world_size"]} x '
                 f'{now["batch_size"]} now: the config\'s wins')
-        max_iters = meta['message_hub'].get('max_iters')
+        max_iters = self.message_hub.get_info('max_iters')
         if max_iters is not None and max_iters != self.max_iters:
             notes.append(
                 f'max_iters {max_iters} in the checkpoint, {self.max_iters} '
