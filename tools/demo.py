@@ -123,34 +123,29 @@ def outline(labels: np.ndarray, thickness: int) -> np.ndarray:
     return edges.astype(bool)
 
 
-def run_demo(image_path: str,
-             config: str,
-             checkpoint: str,
-             out_dir: str,
-             device: str = 'cpu',
-             dtype: str = 'float32',
-             opacity: float = 0.5,
-             cfg_options: Optional[dict] = None) -> List[str]:
-    """Write the three pictures of ``image_path``; returns their paths."""
-    model = init_model(config, device=device, cfg_options=cfg_options)
+def run_demo(args: argparse.Namespace) -> List[str]:
+    """Write the three pictures of ``args.image`` (the command line's
+    settings); returns their paths."""
+    model = init_model(args.config, device=args.device,
+                       cfg_options=args.cfg_options)
     # Read safely, with errors that name the file and mismatched keys.
-    meta = load_segmentor_checkpoint(model, checkpoint).get('meta', {})
+    meta = load_segmentor_checkpoint(model, args.checkpoint).get('meta', {})
     model.dataset_meta = meta.get('dataset_meta') or {}
     if not model.dataset_meta and 'CLASSES' in meta:  # mmseg 0.x checkpoint
         model.dataset_meta = dict(
             classes=meta['CLASSES'], palette=meta.get('PALETTE'))
     with torch.autocast(
-            torch.device(device).type,
-            dtype=DTYPES[dtype],
-            enabled=dtype != 'float32'):
-        result = inference_model(model, image_path)
-        affinity, region_logits, resized = head_internals(model, image_path)
+            torch.device(args.device).type,
+            dtype=DTYPES[args.dtype],
+            enabled=args.dtype != 'float32'):
+        result = inference_model(model, args.image)
+        affinity, region_logits, resized = head_internals(model, args.image)
 
-    image = mmcv.imread(image_path, channel_order='rgb')
+    image = mmcv.imread(args.image, channel_order='rgb')
     size = image.shape[:2]
     palette = palette_for(model)
     pred = result.pred_sem_seg.data[0].cpu().numpy()
-    seg = blend(image, palette[pred], opacity)
+    seg = blend(image, palette[pred], args.opacity)
 
     patch = model.backbone.patch_size
     rh, rw = model.decode_head.region_res
@@ -163,14 +158,14 @@ def run_demo(image_path: str,
 
     token_classes = to_image_grid(
         region_logits.argmax(dim=-1).cpu(), (patch, patch), resized, size)
-    tokens = blend(image, palette[token_classes], max(opacity, 0.6))
+    tokens = blend(image, palette[token_classes], max(args.opacity, 0.6))
     tokens[outline(token_classes, thickness)] = 255  # block borders in white
 
-    stem = osp.splitext(osp.basename(image_path))[0]
+    stem = osp.splitext(osp.basename(args.image))[0]
     paths = []
     for suffix, picture in (('seg', seg), ('regions', region_img),
                             ('tokens', tokens)):
-        path = osp.join(out_dir, f'{stem}_{suffix}.png')
+        path = osp.join(args.out, f'{stem}_{suffix}.png')
         mmcv.imwrite(mmcv.rgb2bgr(picture), path, auto_mkdir=True)
         paths.append(path)
     return paths
@@ -204,15 +199,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     args = parse_args(argv)
-    with trusted_checkpoints(args.trust_checkpoint):
-        try:
-            paths = run_demo(args.image, args.config, args.checkpoint,
-                             args.out, args.device, args.dtype, args.opacity,
-                             args.cfg_options)
-        except CheckpointError as error:
-            fail(str(error))
-    for path in paths:
-        print(path)
+    try:
+        with trusted_checkpoints(args.trust_checkpoint):
+            paths = run_demo(args)
+    except CheckpointError as error:
+        fail(str(error))
+    print('\n'.join(paths))
     return paths
 
 
