@@ -82,10 +82,12 @@ def straightforward_cfg(model_cfg: dict) -> dict:
     # Settings left to RegionProxyViT's defaults must be spelled out: some
     # of mmseg's differ (final_norm, the LayerNorm eps, out_indices).
     backbone = {**_defaults(RegionProxyViT), **cfg['backbone']}
-    if backbone['deit'] or backbone['embed_type']:
+    if (MODELS.get(backbone['type']) is not RegionProxyViT
+            or backbone['deit'] or backbone['embed_type']):
         raise ValueError('the straightforward path (mmseg VisionTransformer) '
-                         'exists for plain ViTs only, not for DeiT or hybrid '
-                         'backbones')
+                         'exists for plain RegionProxyViT backbones only, not '
+                         'for timm, DeiT or hybrid ones (--head-only times '
+                         'the head of any)')
     if backbone['mlp_ratio'] * backbone['embed_dims'] % 1:
         raise ValueError('mmseg VisionTransformer needs an integer MLP width')
     out_indices = backbone['out_indices']
@@ -330,8 +332,7 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
     print(f'float32 logits, {paths[0]} vs {paths[1]}: max |diff| '
           f'{diff:.3g} (max |logit| {scale:.3g})')
     if not diff <= 1e-4 * max(scale, 1.):
-        raise RuntimeError('the two paths disagree; timings would compare '
-                           'different models')
+        fail('the two paths disagree; timings would compare different models')
     rows = []
     for shape in args.shapes:
         for mode in ['infer'] + (['train'] if args.train else []):
@@ -454,6 +455,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         rows = benchmark_models(args, cfg, argv)
     except CheckpointError as error:
         fail(str(error))
+    except ValueError as error:  # a config the reference cannot mirror
+        fail(f'{args.config}: {error}')
     print_comparison(rows)
 
 
