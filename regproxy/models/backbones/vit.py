@@ -22,7 +22,8 @@ from mmseg.registry import MODELS
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
 
 from ..utils.checkpoint_filter import checkpoint_filter_fn
-from ..utils.safe_checkpoint_loader import load_checkpoint_file
+from ..utils.safe_checkpoint_loader import (check_state_dict_fits,
+                                            load_checkpoint_file)
 from .hybrid_embed import HYBRID_STEMS, HybridPatchEmbed
 
 __all__ = ['RegionProxyViT']
@@ -318,12 +319,20 @@ class RegionProxyViT(BaseModule):
         """Load a timm, DeiT or mmseg-ViT checkpoint into the backbone.
 
         The file (a path or URL) is read safely (:func:`load_checkpoint_file`)
-        and converted by :func:`checkpoint_filter_fn`; keys that do not fit
-        are reported in a warning.
+        and converted by :func:`checkpoint_filter_fn`; missing and
+        unexpected keys are reported in a warning, tensors of another shape
+        refused (a CheckpointError).
         """
         checkpoint = load_checkpoint_file(filename)
         state_dict = checkpoint_filter_fn(checkpoint, self)
-        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(state_dict,
+                                                       strict=False)
+        except RuntimeError:  # tensors of another shape: list them briefly
+            check_state_dict_fits(
+                self, state_dict, filename, 'Expected the ImageNet weights '
+                'of a ViT of the backbone\'s width and depth')
+            raise
         if not missing and not unexpected:
             print_log(f'loaded {filename} into {type(self).__name__}: all '
                       f'{len(state_dict)} tensors fit', logger='current')

@@ -254,11 +254,11 @@ def state_dict_mismatches(module: nn.Module,
     shapes; empty when it fits. ``module`` may live on the meta device."""
     own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     theirs = {k: tuple(getattr(v, 'shape', ())) for k, v in state_dict.items()}
-    return ([f'missing in the checkpoint: {k} {s}'
+    return ([f'{k} {s} missing in the checkpoint'
              for k, s in own.items() if k not in theirs] +
-            [f'not in the model: {k} {s}'
+            [f'{k} {s} not in the model'
              for k, s in theirs.items() if k not in own] +
-            [f'shape differs (checkpoint vs model): {k} {theirs[k]} vs {s}'
+            [f'{k} {theirs[k]} in the checkpoint, {s} in the model'
              for k, s in own.items() if k in theirs and theirs[k] != s])
 
 

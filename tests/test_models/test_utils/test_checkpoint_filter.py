@@ -12,6 +12,7 @@ import timm
 import torch
 from mmengine.logging import MMLogger
 
+from regproxy.engine import CheckpointError
 from regproxy.models.backbones import RegionProxyViT
 from regproxy.models.utils import checkpoint_filter_fn, sync_bn_to_bn
 from tests.conformance import (REPO_ROOT, conformance_path, published_config)
@@ -148,3 +149,16 @@ def test_partly_fitting_pretrained_file_warns_with_counts(tmp_path):
                          r'\(layers\.4\.', w) for w in warnings), warnings
     assert any('pos_embed resampled from a 14x14 to a 4x4 grid'
                in r.getMessage() for r in records)
+
+
+def test_pretrained_file_of_another_width_is_refused(tmp_path):
+    source = timm.create_model('vit_small_patch16_224', pretrained=False)
+    path = tmp_path / 'vit_s.pth'
+    torch.save(source.state_dict(), path)
+    backbone = RegionProxyViT(img_size=64, embed_dims=192, num_heads=3,
+                              num_layers=12, out_indices=(4, 11),
+                              pretrained=str(path))
+    with pytest.raises(CheckpointError, match=(
+            r'vit_s.pth does not fit the model: cls_token \(1, 1, 384\) in '
+            r'the checkpoint, \(1, 1, 192\) in the model')):
+        backbone.init_weights()
