@@ -93,6 +93,18 @@ def test_crafted_file_over_http_is_refused_and_runs_nothing(
     assert marker.exists()
 
 
+def test_corrupt_download_says_to_delete_the_cached_file(http_files,
+                                                        tmp_path):
+    folder, url = http_files
+    (folder / 'cut.pth').write_bytes(b'<html>not a checkpoint</html>')
+    cached = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'cut.pth'
+    with pytest.raises(CheckpointError, match=(
+            f'(?s)cannot read checkpoint {cached} \\(downloaded from '
+            f'{url}cut.pth\\) .*truncated or corrupt; use an earlier '
+            f'checkpoint or delete {cached} to download it again')):
+        load_checkpoint_file(url + 'cut.pth')
+
+
 @pytest.mark.parametrize('where, cause', [
     ('http://127.0.0.1:1/x.pth', 'Connection refused'),  # a closed port
     ('missing.pth', 'HTTP Error 404'),

@@ -112,9 +112,10 @@ def _unsafe_globals(path: str) -> List[str]:
         return []
 
 
-def _read(path: str, map_location: Any, source: str) -> Any:
+def _read(path: str, map_location: Any, source: str,
+          again: str = 'download it again') -> Any:
     """``torch.load`` of ``path``, weights-only unless trusted; errors name
-    ``source``."""
+    ``source`` and, for a corrupt file, how to get it ``again``."""
     trusted = _trusted.get()
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
@@ -132,8 +133,7 @@ def _read(path: str, map_location: Any, source: str) -> Any:
         raise CheckpointError(
             f'cannot read checkpoint {source} ({osp.getsize(path)} bytes): '
             f'{type(error).__name__}: {error}. The file is truncated or '
-            'corrupt; use an earlier checkpoint or download it again'
-        ) from None
+            f'corrupt; use an earlier checkpoint or {again}') from None
 
 
 @SafeCheckpointLoader.register_scheme(prefixes='', force=True)
@@ -175,7 +175,8 @@ def load_from_http(url: str, map_location: Any = None) -> Any:
     if world_size > 1:
         torch.distributed.barrier()
         _download(url, path)  # where rank 0's cache is not this one
-    return _read(path, map_location, f'{path} (downloaded from {url})')
+    return _read(path, map_location, f'{path} (downloaded from {url})',
+                 f'delete {path} to download it again')
 
 
 def _trusted_only(loader: Callable) -> Callable:
