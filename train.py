@@ -32,11 +32,10 @@ try:  # a broken install gets a diagnosis instead of a traceback
 
     from regproxy.datasets import check_data_roots, use_checked_loaders
     from regproxy.engine import CheckpointError, WorkDirBusyError
-    from regproxy.utils import (add_common_args, build_runner,
+    from regproxy.utils import (add_common_args, add_path_args, build_runner,
                                 end_process_group, fail, launcher_world_size,
-                                load_config, log_notes, plan_total_batch,
+                                load_config, plan_total_batch, registered,
                                 resolve_paths, set_work_dir, setup_launcher)
-    from regproxy.utils.profiling import cpu_has_bf16
 except ImportError as error:
     sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
                                 'check_env.py'))['stack_import_hint'](error))
@@ -65,12 +64,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(
         description='Train a RegionProxy segmentor')
-    parser.add_argument('config', nargs='?', help='config file')
-    parser.add_argument(
-        '--config',
-        dest='config_flag',
-        metavar='CONFIG',
-        help='config file (instead of the positional)')
+    add_path_args(parser, config='config file')
     checkpoint = parser.add_mutually_exclusive_group()
     checkpoint.add_argument(
         '--load-from', help='initialise the model from this checkpoint')
@@ -87,10 +81,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--no-validate',
         action='store_true',
         help='do not evaluate during training')
-    parser.add_argument(
-        '--gpus',
-        type=int,
-        help='ignored: the launcher decides the devices (one process each)')
+    # The original release's; refused below with what to run instead.
+    parser.add_argument('--gpus', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--seed', type=int, help='random seed')
     parser.add_argument(
         '--deterministic',
@@ -119,8 +111,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='activation checkpointing in the backbone: less memory, about '
         'a third more compute per step')
     add_common_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     resolve_paths(parser, args, ['config'])
+    if args.gpus is not None:
+        parser.error(
+            f'--gpus is gone: train.py runs one process per device. To '
+            f'train on {args.gpus} GPUs, start {args.gpus} processes: '
+            f'tools/dist_train.sh {args.config} {args.gpus} (or torchrun '
+            f'--nproc_per_node={args.gpus} train.py {args.config} '
+            '--launcher pytorch)')
     return args
 
 
@@ -158,12 +157,8 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
         tuple[Config, list[str]]: the config and notes to log.
     """
     notes = []
-    cfg = load_config(args.config, args.options, args.cfg_options,
-                      notes=notes)
+    cfg = load_config(args.config, args.cfg_options, notes=notes)
     set_work_dir(cfg, args.work_dir, args.config)
-    if args.gpus is not None:
-        notes.append(f'--gpus {args.gpus} is ignored: start one process per '
-                     'device with --launcher (see tools/dist_train.sh).')
     if args.trust_checkpoint:
         cfg.trust_checkpoint = True
     if args.load_from:
@@ -175,13 +170,10 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
         cfg.load_from, cfg.resume = None, True
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    if args.seed is not None or args.deterministic:
-        randomness = dict(cfg.get('randomness') or {})
-        if args.seed is not None:
-            randomness['seed'] = args.seed
-        if args.deterministic:
-            randomness['deterministic'] = True
-        cfg.randomness = randomness
+    if args.seed is not None:
+        cfg.randomness = dict(cfg.get('randomness') or {}, seed=args.seed)
+    if args.deterministic:
+        cfg.randomness = dict(cfg.get('randomness') or {}, deterministic=True)
     if args.amp:
         notes.append(enable_amp(cfg))
     if args.with_cp:
@@ -199,14 +191,24 @@ def enable_with_cp(cfg: Config) -> str:
         str: a note to log.
     """
     backbone = cfg.model.backbone
-    cls = MODELS.get(backbone.type) if isinstance(backbone.type,
-                                                  str) else backbone.type
+    cls = registered(backbone.type, MODELS)
     if cls is None or 'with_cp' not in inspect.signature(cls).parameters:
         fail(f'--with-cp: the backbone {backbone.type} has no with_cp '
              'argument')
     backbone.with_cp = True
     return ('Activation checkpointing (--with-cp): backbone layers are '
             'recomputed in backward.')
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX), from
+    Linux's /proc/cpuinfo (torch 2.12 has no public query); True where it
+    cannot be told."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return bool({'avx512_bf16', 'amx_bf16'} & set(f.read().split()))
+    except OSError:
+        return True
 
 
 def amp_warning() -> Optional[str]:
@@ -244,7 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.amp and amp_warning():
         warnings.append(amp_warning())
     runner = build_runner(cfg)
-    log_notes(runner, notes + batch_notes)
+    for note in notes + batch_notes:
+        runner.logger.info(note)
     for warning in warnings:
         runner.logger.warning(warning)
     try:

@@ -4,10 +4,9 @@ Call flow of ``train.py``/``test.py``::
 
     parse args -> load_config() -> script-specific edits
         -> check_data_roots() -> setup_launcher() -> build_runner()
-        -> log_notes() -> runner.train() / runner.test()
+        -> runner.train() / runner.test()
 """
 import argparse
-import copy
 import os.path as osp
 import re
 import sys
@@ -17,6 +16,7 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
+from mmengine.utils import import_modules_from_strings
 from mmseg.registry import RUNNERS
 
 from .config_keys import (ConfigKeyError, check_config_keys,
@@ -25,9 +25,8 @@ from .distributed import LAUNCHERS
 
 __all__ = [
     'DTYPES', 'fail', 'add_trust_checkpoint_arg', 'add_shape_arg',
-    'CfgOptionsAction', 'add_common_args',
-    'resolve_paths', 'load_config', 'set_work_dir', 'build_runner',
-    'log_notes'
+    'CfgOptionsAction', 'add_common_args', 'add_path_args', 'resolve_paths',
+    'load_config', 'set_work_dir', 'build_runner'
 ]
 
 # Precisions the scripts accept (``--dtype``), by name.
@@ -36,6 +35,8 @@ DTYPES = {
     'bfloat16': torch.bfloat16,
     'float16': torch.float16,
 }
+
+_LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
 def fail(message: str) -> NoReturn:
@@ -76,62 +77,40 @@ def add_shape_arg(
         help=help)
 
 
-# A space between two characters of one list element (not next to a comma or
-# bracket): mmengine's list parsing would delete it.
-_SPACE_IN_ELEMENT = re.compile(r'[^\s,()\[\]]\s+[^\s,()\[\]]')
-
-
 class CfgOptionsAction(DictAction):
-    """mmengine's ``DictAction`` (``KEY=VALUE`` pairs) that keeps strings
-    whole.
+    """mmengine's ``DictAction`` that keeps strings whole.
 
-    mmengine deletes every space of a value and splits it at commas, so
-    ``data_root=/data/my dir`` would become ``/data/mydir``. Here:
-
-    - a value without commas or brackets is one value: an int, float, bool
-      or None where it reads as one (as in mmengine), else the string as
-      given, spaces and any letters included;
-    - a value in matching quotes, as Python sees it, is that string verbatim
-      (commas, brackets, digits): ``"KEY='a,b'"`` in the shell;
-    - lists and tuples (``a,b``, ``[a,b]``, ``(1,2)``) parse as in mmengine;
-      a space inside one of their elements is refused, since mmengine's
-      parser would drop it.
+    mmengine 0.10.7 deletes every space of a value, so ``data_root=/data/my
+    dir`` would become ``/data/mydir``. Here a value in matching quotes is
+    that string verbatim (``"KEY='a,b'"`` in the shell); a value without
+    commas or brackets is one value, spaces kept; lists parse as in
+    mmengine, and one whose element holds a space, which mmengine would
+    drop, is refused. Bad items are usage errors, not tracebacks.
     """
 
-    @classmethod
-    def parse_value(cls, value: str) -> Any:
-        """The config value that the command-line text ``value`` stands for.
-
-        Raises:
-            ValueError: a list element holds a space.
-        """
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in '"\'':
-            return value[1:-1]
-        if ',' not in value and not value.startswith(('[', '(')):
-            return cls._parse_int_float_bool(value)
-        if _SPACE_IN_ELEMENT.search(value):
+    # DictAction.__call__ parses each value with self._parse_iterable
+    # (mmengine 0.10.7): its one hook, no public one.
+    @staticmethod
+    def _parse_iterable(val: str) -> Any:
+        if len(val) > 1 and val[0] == val[-1] and val[0] in '\'"':
+            return val[1:-1]
+        if ',' not in val and not val.startswith(('[', '(')):
+            return DictAction._parse_int_float_bool(val)
+        if re.search(r'[^\s,()\[\]]\s+[^\s,()\[\]]', val):
             raise ValueError(
-                f'a list element of {value!r} has a space, which the list '
-                'parser would drop; quote the whole value to give one '
-                'string (e.g. "KEY=\'a b, c\'")')
-        return cls._parse_iterable(value)
+                f'a list element of {val!r} has a space, which the list '
+                'parser would drop; quote the whole value for one string '
+                '("KEY=\'a b, c\'")')
+        return DictAction._parse_iterable(val)
 
-    def __call__(self,
-                 parser: argparse.ArgumentParser,
-                 namespace: argparse.Namespace,
-                 values: Optional[Sequence[str]],
-                 option_string: Optional[str] = None) -> None:
-        options = copy.copy(getattr(namespace, self.dest, None) or {})
-        for item in values or ():
-            key, sep, value = item.partition('=')
-            if not sep or not key:
-                raise argparse.ArgumentError(
-                    self, f'expected KEY=VALUE, got {item!r}')
-            try:
-                options[key] = self.parse_value(value)
-            except ValueError as error:
-                raise argparse.ArgumentError(self, f'{key}: {error}')
-        setattr(namespace, self.dest, options)
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            for item in values:
+                if '=' not in item:
+                    raise ValueError(f'expected KEY=VALUE, got {item!r}')
+            super().__call__(parser, namespace, values, option_string)
+        except ValueError as error:
+            parser.error(f'{option_string}: {error}')
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -146,18 +125,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         'config, else work_dirs/<config name>)')
     parser.add_argument(
         '--cfg-options',
+        '--options',  # mmseg 0.x's and the original release's spelling
         nargs='+',
         action=CfgOptionsAction,
         help='override config entries, e.g. '
         'model.backbone.drop_path_rate=0.2 train_dataloader.batch_size=4; '
         'a value keeps its spaces ("KEY=/data/my dir"), a comma makes a '
-        'list unless the value is quoted inside ("KEY=\'a,b\'")')
-    parser.add_argument(
-        '--options',
-        nargs='+',
-        action=CfgOptionsAction,
-        help='same as --cfg-options (spelling of mmseg 0.x and of the '
-        'original release); --cfg-options wins where both set a key')
+        'list unless the value is quoted inside ("KEY=\'a,b\'"); the last '
+        'setting of a key wins')
     parser.add_argument(
         '--launcher',
         choices=LAUNCHERS,
@@ -174,75 +149,116 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help=argparse.SUPPRESS)
 
 
+def add_path_args(parser: argparse.ArgumentParser, **paths: str) -> None:
+    """Add path arguments, each a positional (mmseg 1.x, in the order
+    given) or ``--name`` (the original release); see
+    :func:`resolve_paths`.
+
+    Args:
+        parser (argparse.ArgumentParser): parser to extend in place.
+        **paths (str): help text by name, e.g. ``config='config file'``.
+    """
+    parser.add_argument(
+        'paths',
+        nargs='*',
+        metavar=' '.join(name.upper() for name in paths),
+        help=', '.join(paths.values()))
+    for name, help in paths.items():
+        parser.add_argument(f'--{name}', help=f'{help} (or positional)')
+
+
 def resolve_paths(parser: argparse.ArgumentParser, args: argparse.Namespace,
                   names: Sequence[str]) -> None:
-    """Give every path argument its value from ``--name`` or a positional.
+    """Give each path not set by its ``--name`` the next positional.
 
-    The original release spelled paths as options (``--config X
-    --checkpoint Y``), mmseg 1.x as positionals; any mix is accepted. Each
-    ``name`` is a positional with ``nargs='?'`` and ``--name`` stores into
-    ``name_flag``. argparse fills positionals in order whatever the flags, so
-    the given positionals are re-dealt, in order, to the names without a
-    flag.
+    Parse with ``parse_intermixed_args``, so that positionals may follow
+    options.
 
     Args:
         parser (argparse.ArgumentParser): reports errors.
         args (argparse.Namespace): parsed arguments, updated in place.
-        names (Sequence[str]): path arguments in positional order.
+        names (Sequence[str]): the names of :func:`add_path_args`, in order.
     """
-    positionals = [getattr(args, n) for n in names if getattr(args, n)]
+    paths = args.paths
     for name in names:
-        value = getattr(args, f'{name}_flag')
-        if value is None and positionals:
-            value = positionals.pop(0)
-        if value is None:
-            parser.error(f'{name.upper()} is required (positional or '
-                         f'--{name})')
-        setattr(args, name, value)
-        delattr(args, f'{name}_flag')
-    if positionals:
-        parser.error(f'unexpected extra path(s): {" ".join(positionals)}')
+        if getattr(args, name) is None:
+            if not paths:
+                parser.error(f'{name.upper()} is required (positional or '
+                             f'--{name})')
+            setattr(args, name, paths.pop(0))
+    if paths:
+        parser.error(f'unexpected extra path(s): {" ".join(paths)}')
 
 
 def load_config(path: str,
                 *overrides: Optional[dict],
                 notes: Optional[List[str]] = None) -> Config:
-    """Load a config file and merge command-line overrides into it.
+    """Load a config file, import its ``custom_imports`` and merge
+    command-line overrides into it.
 
-    Keys that nothing would read end the script, naming the closest known
-    keys: top-level near-misses of runner keys in the file, and override
-    keys the config does not take; mmseg 0.x override keys are moved to
-    their 1.x places, with a log line (see :mod:`.config_keys`).
+    ``custom_imports`` may be a list of modules or mmengine's
+    ``dict(imports=[...], allow_failed_imports=False)``. Keys that nothing
+    would read end the script naming the closest keys, and mmseg 0.x keys
+    move to their 1.x places (see :mod:`.config_keys`). A dataloader left
+    without workers gets ``persistent_workers=False``, which torch requires.
 
     Args:
         path (str): config file.
         *overrides (dict, optional): ``DictAction`` results, merged in order
             (a later one wins on the same key); ``None`` entries are skipped.
-        notes (list[str], optional): receives the translation notes, to log
-            once the runner's logger exists; None logs them at once.
+        notes (list[str], optional): receives what was changed, to log once
+            the runner's logger exists; None logs it at once.
 
     Returns:
         Config: the merged config.
     """
-    cfg = Config.fromfile(path)
+    changes = []
+    cfg = Config.fromfile(path, import_custom_modules=False)
+    _import_custom_modules(cfg, path)
     merged = {}
     try:
         check_config_keys(cfg, path)
         for options in overrides:
             translated, translations = translate_legacy_keys(
                 cfg, options or {})
-            for note in translations:
-                if notes is None:
-                    print_log(note, logger='current')
-                else:
-                    notes.append(note)
+            changes += translations
             merged.update(translated)
         check_override_keys(cfg, merged)
     except ConfigKeyError as error:
         fail(str(error))
-    if merged:
-        cfg.merge_from_dict(merged)
+    cfg.merge_from_dict(merged)
+    for name in _LOADERS:
+        loader = cfg.get(name)
+        if (loader and loader.get('num_workers') == 0
+                and loader.get('persistent_workers')):
+            # torch's DataLoader refuses persistent workers without any
+            loader.persistent_workers = False
+            changes.append(f'{name}.num_workers=0: persistent_workers set '
+                           'to False (there are no workers to keep).')
+    if notes is None:
+        for change in changes:
+            print_log(change, logger='current')
+    else:
+        notes += changes
     return cfg
+
+
+def _import_custom_modules(cfg: Config, path: str) -> None:
+    """Import the config's ``custom_imports``, as ``Config.fromfile`` does,
+    also when given as a list; the config keeps mmengine's dict form."""
+    imports = cfg.get('custom_imports')
+    if not imports:
+        return
+    if isinstance(imports, (str, list)):
+        imports = cfg.custom_imports = dict(imports=imports)
+    try:
+        import_modules_from_strings(**imports)
+    except ImportError as error:
+        fail(f'{path}: custom_imports {imports["imports"]}: {error} (is the '
+             'module on PYTHONPATH?)')
+    except TypeError as error:
+        fail(f'{path}: custom_imports must be a list of module names or '
+             f"dict(imports=[...]), got {imports!r} ({error})")
 
 
 def set_work_dir(cfg: Config, work_dir: Optional[str],
@@ -274,14 +290,3 @@ def build_runner(cfg: Config) -> Runner:
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
-
-
-def log_notes(runner: Runner, notes: Sequence[str]) -> None:
-    """Log what the script changed in the config, one line each.
-
-    Args:
-        runner (Runner): supplies the (rank-aware) logger.
-        notes (Sequence[str]): messages.
-    """
-    for note in notes:
-        print_log(note, logger=runner.logger)

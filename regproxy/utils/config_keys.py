@@ -1,26 +1,26 @@
-"""Config keys that nothing reads: mmseg 0.x keys, typos, unknown settings.
+"""Spell-check of config keys, and mmseg 0.x keys on the command line.
 
 mmengine's ``merge_from_dict`` adds whatever key it is given, so a misspelt
 ``--cfg-options`` key (``model.backbone.embed_dim``) or an mmseg 0.x key
 (``data.samples_per_gpu``) is added unread and the run goes on without it.
 :func:`translate_legacy_keys` moves the 0.x keys to their 1.x places;
-:func:`check_override_keys` refuses other keys that nothing would read, and
-:func:`check_config_keys` the top-level keys of a config file that are
-near-misses of the runner's (``load_form``). Errors name the closest keys
-(``difflib``).
+:func:`check_override_keys` refuses a key that the config lacks and the
+class built from its dict does not take; :func:`check_config_keys` refuses
+top-level keys of a config file that are near-misses of the runner's
+(``load_form``). Errors name the closest keys (``difflib``).
 """
 import difflib
 import inspect
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from mmengine.config import Config
+from mmengine.registry import Registry
 from mmengine.runner import Runner
-from mmseg import registry
-from torch.utils.data import DataLoader
+from mmseg import registry as mmseg_registry
 
 __all__ = [
-    'LEGACY_KEYS', 'RUNNER_KEYS', 'ConfigKeyError', 'check_config_keys',
-    'translate_legacy_keys', 'check_override_keys'
+    'LEGACY_KEYS', 'RUNNER_KEYS', 'ConfigKeyError', 'registered',
+    'check_config_keys', 'translate_legacy_keys', 'check_override_keys'
 ]
 
 # mmseg 0.x keys that users paste from the original README and old notes,
@@ -52,43 +52,44 @@ RUNNER_KEYS: Set[str] = {
     'load_strict'
 }
 
-# Variables that configs commonly define beside the runner keys; some are
-# spelled nearly like one (val_pipeline and tta_pipeline).
-_CONFIG_VARIABLES = {
-    'crop_size', 'norm_cfg', 'data_root', 'dataset_type', 'scale', 'img_scale',
-    'img_ratios', 'img_norm_cfg', 'train_pipeline', 'val_pipeline',
-    'test_pipeline', 'warmup', 'vis_backends', 'checkpoint', 'checkpoint_file',
-    'models', 'num_classes', 'backend_args'
-}
+# Variables of mmseg's configs that are spelled nearly like a runner key.
+_CONFIG_VARIABLES = {'test_pipeline', 'models'}
 
-# Keys of dicts without a ``type``, by their place in the config.
-_DATALOADER_KEYS = set(inspect.signature(DataLoader).parameters)
-# mmengine's default hooks; a config may add more by name
-_DEFAULT_HOOKS = {
-    'runtime_info', 'timer', 'sampler_seed', 'logger', 'param_scheduler',
-    'checkpoint'
-}
-_UNTYPED_KEYS: Dict[Tuple[str, ...], Set[str]] = {
-    ('randomness', ):
-    set(inspect.signature(Runner.set_randomness).parameters) - {'self'},
-    ('env_cfg', ): {'cudnn_benchmark', 'mp_cfg', 'dist_cfg', 'resource_limit'},
-    ('env_cfg', 'mp_cfg'): {'mp_start_method', 'opencv_num_threads'},
-    ('auto_scale_lr', ): {'enable', 'base_batch_size'},
-    ('custom_imports', ): {'imports', 'allow_failed_imports'},
-    ('default_hooks', ): _DEFAULT_HOOKS,
-    ('train_dataloader', ): _DATALOADER_KEYS,
-    ('val_dataloader', ): _DATALOADER_KEYS,
-    ('test_dataloader', ): _DATALOADER_KEYS,
-}
+# Top-level dicts that the runner passes to a method, not to a class.
+_RUNNER_METHODS = {'randomness': Runner.set_randomness}
 
-# Keys that the builders read beside the arguments of the built class.
-_BUILDER_KEYS = {'type', '_scope_', '_delete_'}
-_NORM_KEYS = {'requires_grad'}  # mmcv's build_norm_layer
-_OPTIM_WRAPPER_KEYS = {'constructor', 'paramwise_cfg'}
+# Keys that the builders read beside the arguments of the built class:
+# mmengine's registry, mmcv's build_norm_layer, build_optim_wrapper.
+_BUILDER_KEYS = {
+    'type', '_scope_', '_delete_', 'requires_grad', 'constructor',
+    'paramwise_cfg'
+}
 
 
 class ConfigKeyError(ValueError):
     """A config key that nothing reads; the message names the closest."""
+
+
+def registered(type_: Any, registry: Optional[Registry] = None) -> Any:
+    """The class (or function) that a config ``type`` names.
+
+    Args:
+        type_ (str | type): a registered name, or the class itself.
+        registry (Registry, optional): where to look; None looks in each
+            of mmseg's registries (and their mmengine parents).
+
+    Returns:
+        The class, or None when no registry has the name.
+    """
+    if not isinstance(type_, str):
+        return type_
+    registries = [registry] if registry else [
+        getattr(mmseg_registry, name) for name in mmseg_registry.__all__
+    ]
+    for found in (r.get(type_) for r in registries):
+        if found is not None:
+            return found
+    return None
 
 
 def check_config_keys(cfg: Config, path: str = 'the config') -> None:
@@ -138,14 +139,7 @@ def translate_legacy_keys(cfg: Config,
             place for place in LEGACY_KEYS[key]
             if isinstance(cfg.get(place.split('.')[0]), dict)
         ]
-        for place in places:
-            translated[place] = value
-            loader = cfg[place.split('.')[0]]
-            if place.endswith('num_workers') and value == 0 and loader.get(
-                    'persistent_workers'):
-                # torch's DataLoader refuses persistent workers without any
-                translated[place.replace('num_workers',
-                                         'persistent_workers')] = False
+        translated.update(dict.fromkeys(places, value))
         note = (f'{key}={value} is an mmseg 0.x key, set as '
                 f'{", ".join(places) or "nothing (not in this config)"}')
         if key == 'runner.max_iters':
@@ -157,13 +151,13 @@ def translate_legacy_keys(cfg: Config,
 def check_override_keys(cfg: Config, options: dict) -> None:
     """Refuse overrides of keys that nothing reads.
 
-    A key passes when the config has it, or when the dict it goes into takes
-    it: the arguments of that dict's ``type`` (looked up in mmseg's
-    registries; a ``type`` override in ``options`` counts), the runner keys
-    at the top level, the known keys of untyped dicts such as
-    ``randomness``, the dataloaders and ``model.test_cfg``. Where the
-    accepted keys cannot be told (a class taking ``**kwargs``, an untyped
-    dict of free settings), the key passes.
+    Each key is followed into the config to its first part that the config
+    lacks, and on into the new dicts below it. Such a part passes when the
+    dict it goes into takes it: at the top level a runner key; in a dict
+    with a ``type`` (a ``type`` override in ``options`` counts) an argument
+    of that class, in ``randomness`` one of ``Runner.set_randomness``. Where the accepted keys
+    cannot be told (a class taking ``**kwargs``, a dict without a
+    ``type``), only a near-miss of a key the dict has is refused.
 
     Args:
         cfg (Config): the config before the overrides.
@@ -173,104 +167,56 @@ def check_override_keys(cfg: Config, options: dict) -> None:
         ConfigKeyError: naming the key, the dict it goes into and the
             closest keys that dict takes.
     """
+    tree = cfg.to_dict()
     for key in options:
-        parts = tuple(key.split('.'))
-        node, found = cfg._cfg_dict, 0
-        for part in parts:
-            if isinstance(node, dict) and part in node:
+        node, parts = tree, key.split('.')
+        for depth, part in enumerate(parts):
+            if isinstance(node, (list, tuple)) and part.isdigit():
+                node = node[int(part)] if int(part) < len(node) else None
+            elif not isinstance(node, dict):
+                break  # a value is replaced: mmengine's merge decides
+            elif part in node:
                 node = node[part]
-            elif (isinstance(node, (list, tuple)) and part.isdigit()
-                  and int(part) < len(node)):
-                node = node[int(part)]
             else:
-                break
-            found += 1
-        if not isinstance(node, dict):
-            continue  # the config has it, or mmengine's merge decides
-        # The first missing key and the new dicts below it.
-        for depth in range(found, len(parts)):
-            name, place = parts[depth], parts[:depth]
-            accepted = _accepted_keys(cfg, node, place, options)
-            if accepted is None:
-                break
-            if name not in accepted:
-                _refuse(key, name, place, node, accepted)
-            node = {}
+                place = '.'.join(parts[:depth])
+                type_ = node.get('type', _RUNNER_METHODS.get(place))
+                type_ = options.get(f'{place}.type', type_)
+                _check_new_key(key, part, place, node, type_)
+                node = {}  # new below
 
 
-def _refuse(key: str, name: str, place: Tuple[str, ...], node: dict,
-            accepted: Set[str]) -> None:
-    """Raise the error for ``key``, whose part ``name`` goes into the dict
-    ``node`` at ``place`` that takes ``accepted``."""
-    where = '.'.join(place) or 'the top level'
-    if 'type' in node:
-        where += f' ({node["type"]})'
-    close = difflib.get_close_matches(name, sorted(accepted), n=3, cutoff=0.6)
+def _check_new_key(key: str, name: str, place: str, node: dict,
+                   type_: Any) -> None:
+    """Refuse ``name``, new in the dict ``node`` at ``place`` (built as
+    ``type_``), unless that dict takes it."""
+    known = set(node) | _BUILDER_KEYS
+    accepted = RUNNER_KEYS if not place else _init_args(type_)
+    if accepted is None:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if not close:
+            return
+    elif name in accepted | known:
+        return
+    else:
+        close = difflib.get_close_matches(
+            name, sorted(accepted | known), n=3, cutoff=0.6)
+    where = place or 'the top level'
+    if isinstance(type_, (str, type)):
+        where += f' ({type_ if isinstance(type_, str) else type_.__name__})'
     raise ConfigKeyError(
         f'config key {key} does not exist and {where} takes no {name!r}' +
         (f'; closest: {", ".join(close)}' if close else '') +
         '. A misspelt key would be added and never read, so it is refused')
 
 
-def _accepted_keys(cfg: Config, node: dict, place: Tuple[str, ...],
-                   options: dict) -> Optional[Set[str]]:
-    """Keys the dict ``node`` at ``place`` takes; None if unknown."""
-    known = set(node) | _BUILDER_KEYS
-    if not place:
-        return known | RUNNER_KEYS
-    type_ = options.get('.'.join(place + ('type', )), node.get('type'))
-    if type_ is not None:
-        params = _init_params(type_)
-        if params is None:
-            return None
-        if place[-1] == 'norm_cfg':
-            params |= _NORM_KEYS
-        if place == ('optim_wrapper', ):
-            params |= _OPTIM_WRAPPER_KEYS
-        return known | params
-    if place == ('model', 'test_cfg'):
-        keys = getattr(_registered(cfg.model.get('type')), 'TEST_CFG_KEYS',
-                       None)
-        return None if keys is None else known | set(keys)
-    keys = _UNTYPED_KEYS.get(place)
-    return None if keys is None else known | keys
-
-
-def _registered(type_) -> Optional[object]:
-    """The class (or function) a config ``type`` names, from mmseg's
-    registries (and their mmengine parents)."""
-    if not isinstance(type_, str):
-        return type_
-    for name in registry.__all__:
-        found = getattr(registry, name).get(type_)
-        if found is not None:
-            return found
-    return None
-
-
-def _init_params(type_) -> Optional[Set[str]]:
-    """Argument names of what ``type_`` builds, following ``**kwargs`` up
-    the base classes; None when they cannot be told."""
-    target = _registered(type_)
-    if target is None:
+def _init_args(type_: Any) -> Optional[Set[str]]:
+    """Argument names of what ``type_`` builds; None when they cannot be
+    told (no type, not registered, ``**kwargs``)."""
+    target = registered(type_) if type_ is not None else None
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
         return None
-    if isinstance(target, type):
-        inits = [
-            c.__dict__['__init__'] for c in target.__mro__
-            if '__init__' in c.__dict__
-        ]
-    else:
-        inits = [target]
-    names = set()
-    for init in inits:
-        try:
-            params = inspect.signature(init).parameters.values()
-        except (TypeError, ValueError):
-            return None
-        names |= {
-            p.name
-            for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        }
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return names - {'self'}
-    return None
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}

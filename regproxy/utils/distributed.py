@@ -1,7 +1,6 @@
 """Process set-up for the launchers: one process, torchrun/
 ``torch.distributed.launch``, slurm or mpi, on GPUs (NCCL) or on the CPU
 (gloo)."""
-import copy
 import datetime
 import gc
 import os
@@ -14,20 +13,39 @@ from mmengine.config import Config
 from mmseg.registry import MODEL_WRAPPERS
 from torch.nn.parallel import DistributedDataParallel
 
-from ..models.utils import sync_bn_to_bn
-from .allocator import keep_freed_memory
+from .config_keys import registered
 
-__all__ = ['LAUNCHERS', 'end_process_group', 'setup_launcher']
+__all__ = [
+    'LAUNCHERS', 'end_process_group', 'launcher_world_size', 'setup_launcher'
+]
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
 # Environment variables that carry (rank, world size, local rank) under the
 # launchers that do not set torch's own RANK/WORLD_SIZE/LOCAL_RANK.
 _RANK_ENV = {
+    'pytorch': ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'),
     'slurm': ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_LOCALID'),
     'mpi': ('OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE',
             'OMPI_COMM_WORLD_LOCAL_RANK'),
 }
+
+
+def launcher_world_size(launcher: str) -> int:
+    """Number of processes, also before the runner starts them.
+
+    Args:
+        launcher (str): one of :data:`LAUNCHERS`.
+
+    Returns:
+        int: the process group's size once started, else the launcher's
+        environment variable (1 for 'none').
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    if launcher == 'none':
+        return 1
+    return int(os.environ[_RANK_ENV[launcher][1]])
 
 
 def end_process_group() -> None:
@@ -46,15 +64,14 @@ def end_process_group() -> None:
 
 
 def setup_launcher(cfg: Config, launcher: str) -> List[str]:
-    """Adapt the config to the launcher and the device; start the process
-    group on the CPU.
+    """Adapt the config to the launcher; start the process group on the CPU.
 
     On distributed CUDA runs, mmengine's runner starts NCCL and wraps the
-    model as usual. Without CUDA the processes talk over gloo: the process
-    group is started here (mmengine's start-up selects a CUDA device) and
-    DDP gets no ``device_ids``. SyncBN is kept only where it runs, in a
-    distributed CUDA group; elsewhere it becomes BN. On the CPU, freed
-    memory is kept for reuse (:func:`keep_freed_memory`).
+    model as usual, and in one process it reverts SyncBN to BN itself.
+    Distributed without CUDA, the processes talk over gloo: the process
+    group is started here (mmengine's start-up selects a CUDA device), DDP
+    gets no ``device_ids``, and SyncBN, which torch runs on GPUs only,
+    becomes BN (statistics per process).
 
     Args:
         cfg (Config): config to update in place.
@@ -64,27 +81,32 @@ def setup_launcher(cfg: Config, launcher: str) -> List[str]:
         list[str]: what was changed, to log once the runner's logger exists.
     """
     cfg.launcher = launcher
-    notes = []
-    distributed = launcher != 'none'
-    cuda = torch.cuda.is_available()
-    if not cuda and keep_freed_memory():
-        notes.append('CPU run: freed memory is kept for reuse (glibc '
-                     'mallopt), saving page faults on large tensors.')
-    if distributed and not cuda:
-        if cfg.get('env_cfg') is None:
-            cfg.env_cfg = dict()
-        dist_cfg = dict(cfg.env_cfg.get('dist_cfg') or {}, backend='gloo')
-        cfg.env_cfg.dist_cfg = dist_cfg
-        _use_cpu_ddp(cfg)
-        _init_cpu_process_group(launcher, dist_cfg.get('timeout'))
-        notes.append('No CUDA device: distributed run on the CPU with gloo '
-                     f'(world size {dist.get_world_size()}).')
-    if not (distributed and cuda):
-        before = copy.deepcopy(cfg.model)
-        sync_bn_to_bn(cfg.model)
-        if cfg.model != before:
-            notes.append('SyncBN needs a distributed CUDA run: using BN.')
+    if launcher == 'none' or torch.cuda.is_available():
+        return []
+    if cfg.get('env_cfg') is None:
+        cfg.env_cfg = dict()
+    dist_cfg = dict(cfg.env_cfg.get('dist_cfg') or {}, backend='gloo')
+    cfg.env_cfg.dist_cfg = dist_cfg
+    _use_cpu_ddp(cfg)
+    _init_cpu_process_group(launcher, dist_cfg.get('timeout'))
+    notes = ['No CUDA device: distributed run on the CPU with gloo '
+             f'(world size {dist.get_world_size()}).']
+    if _sync_bn_to_bn(cfg.model):
+        notes.append('SyncBN runs on GPUs only: BN in each CPU process.')
     return notes
+
+
+def _sync_bn_to_bn(node) -> int:
+    """Replace every ``SyncBN`` norm config by ``BN`` in a nested config,
+    in place; the number replaced."""
+    if isinstance(node, (list, tuple)):
+        return sum(_sync_bn_to_bn(value) for value in node)
+    if not isinstance(node, dict):
+        return 0
+    found = node.get('type') == 'SyncBN'
+    if found:
+        node['type'] = 'BN'
+    return found + sum(_sync_bn_to_bn(value) for value in node.values())
 
 
 def _use_cpu_ddp(cfg: Config) -> None:
@@ -96,10 +118,8 @@ def _use_cpu_ddp(cfg: Config) -> None:
             type='MMDistributedDataParallel',
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
-    wrapper_type = wrapper['type']
-    if isinstance(wrapper_type, str):
-        wrapper_type = MODEL_WRAPPERS.get(wrapper_type)
-    if issubclass(wrapper_type, DistributedDataParallel):
+    if issubclass(registered(wrapper['type'], MODEL_WRAPPERS),
+                  DistributedDataParallel):
         # The runner fills device_ids=[LOCAL_RANK] only when it is absent.
         wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
@@ -116,7 +136,7 @@ def _init_cpu_process_group(launcher: str,
     """
     if dist.is_initialized():
         return
-    if launcher in _RANK_ENV:
+    if launcher != 'pytorch':
         rank, world_size, local_rank = (
             os.environ[k] for k in _RANK_ENV[launcher])
         os.environ.update(

@@ -9,38 +9,13 @@ processes the total shrinks unless one of two remedies is taken:
   optimizer steps), which keeps the recipe;
 - mmengine's linear learning-rate scaling (``auto_scale_lr.enable``).
 """
-import os
 from typing import List, Optional, Tuple, Union
 
-import torch.distributed as dist
 from mmengine.config import Config
 
-__all__ = ['launcher_world_size', 'plan_total_batch']
+__all__ = ['plan_total_batch']
 
-# The variable that holds the number of processes under each launcher.
-_WORLD_SIZE_ENV = {
-    'pytorch': 'WORLD_SIZE',
-    'slurm': 'SLURM_NTASKS',
-    'mpi': 'OMPI_COMM_WORLD_SIZE',
-}
 _LOOPS = ('IterBasedTrainLoop', 'AccumulatingTrainLoop')
-
-
-def launcher_world_size(launcher: str) -> int:
-    """Number of training processes, before the runner starts them.
-
-    Args:
-        launcher (str): 'none', 'pytorch', 'slurm' or 'mpi'.
-
-    Returns:
-        int: the process group's size once started, else the launcher's
-        environment variable (1 for 'none').
-    """
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    if launcher == 'none':
-        return 1
-    return int(os.environ[_WORLD_SIZE_ENV[launcher]])
 
 
 def plan_total_batch(cfg: Config, processes: int,

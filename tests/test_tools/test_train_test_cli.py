@@ -208,7 +208,7 @@ def test_options_and_cfg_options_merge(tmp_path):
         str(path), '--options', 'a=5', 'b.c=6', '--cfg-options', 'b.c=7',
         'b.d=8'
     ])
-    cfg = load_config(args.config, args.options, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     assert (cfg.a, cfg.b.c, cfg.b.d) == (5, 7, 8)
 
 
@@ -241,6 +241,16 @@ def test_config_spellings_of_train():
 def test_test_rejects_bad_arguments(argv):
     with pytest.raises(SystemExit):
         test_script.parse_args(argv)
+
+
+def test_gpus_says_how_to_train_on_n_gpus(capsys):
+    with pytest.raises(SystemExit) as exit:
+        train_script.parse_args(['c.py', '--gpus', '2'])
+    assert exit.value.code == 2
+    assert ('train.py runs one process per device. To train on 2 GPUs, '
+            'start 2 processes: tools/dist_train.sh c.py 2 (or torchrun '
+            '--nproc_per_node=2 train.py c.py --launcher pytorch)'
+            ) in capsys.readouterr().err
 
 
 def test_train_rejects_two_resume_sources():
@@ -290,15 +300,13 @@ def test_train_flags_edit_the_config(tiny_config, tmp_path):
     assert cfg.work_dir == './work_dirs/tiny_regproxy'
     cfg, notes = _train_cfg(
         str(tiny_config), '--work-dir', str(tmp_path), '--resume-from',
-        'x.pth', '--no-validate', '--seed', '3', '--deterministic', '--gpus',
-        '2', '--amp')
+        'x.pth', '--no-validate', '--seed', '3', '--deterministic', '--amp')
     assert cfg.work_dir == str(tmp_path)
     assert (cfg.load_from, cfg.resume) == ('x.pth', True)
     assert cfg.val_dataloader is None and cfg.val_evaluator is None
     assert cfg.randomness == dict(seed=3, deterministic=True)
     assert cfg.optim_wrapper.type in ('AmpOptimWrapper',
                                       'AutocastOptimWrapper')
-    assert any('--gpus 2 is ignored' in note for note in notes)
     cfg, _ = _train_cfg(
         str(tiny_config), '--resume', '--cfg-options', 'load_from=init.pth')
     assert (cfg.load_from, cfg.resume) == (None, True)
@@ -391,6 +399,30 @@ def test_float16_needs_a_gpu(tiny_config, trained, tmp_path):
     with pytest.raises(SystemExit, match='needs a GPU; on the CPU use bf'):
         _test(str(tiny_config), str(trained / 'iter_4.pth'), '--work-dir',
               str(tmp_path), '--dtype', 'float16')
+
+
+def test_no_workers_and_custom_imports_as_a_list(tiny_config, tmp_path):
+    """The usual debugging setting num_workers=0 on loaders with persistent
+    workers, in a config that names its imports as a plain list."""
+    config = tmp_path / 'workers.py'
+    config.write_text(
+        f"_base_ = ['{tiny_config}']\n"
+        "custom_imports = ['regproxy']\n"
+        "loader = dict(num_workers=2, persistent_workers=True)\n"
+        "train_dataloader = dict(**loader)\n"
+        "val_dataloader = dict(**loader)\n"
+        "test_dataloader = val_dataloader\n")
+    _train(str(config), '--work-dir', str(tmp_path), '--cfg-options',
+           'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+           'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0')
+    log = ''.join(p.read_text() for p in tmp_path.glob('*/*.log'))
+    assert ('train_dataloader.num_workers=0: persistent_workers set to '
+            'False') in log
+    assert len(_losses(tmp_path)) == 2
+    metrics = _test(str(config), str(tmp_path / 'iter_2.pth'), '--work-dir',
+                    str(tmp_path / 'test'), '--cfg-options',
+                    'test_dataloader.num_workers=0')
+    assert 0 <= metrics['mIoU'] <= 100
 
 
 def test_amp_on_cpu(tiny_config, tmp_path):

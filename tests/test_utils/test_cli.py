@@ -1,9 +1,12 @@
-"""regproxy.utils.cli.add_shape_arg: the --shape option of the tools."""
+"""regproxy.utils.cli: the --shape option of the tools, --cfg-options and
+the path arguments of train.py and test.py."""
 import argparse
 
 import pytest
+from mmengine.config import DictAction
 
-from regproxy.utils import add_shape_arg
+from regproxy.utils import (add_common_args, add_path_args, add_shape_arg,
+                            resolve_paths)
 
 
 def _parser():
@@ -25,3 +28,82 @@ def test_a_side_below_one_is_refused(shape, capsys):
     got = [int(side) for side in shape]
     assert f'tool: error: --shape must be positive, got {got}' in \
         capsys.readouterr().err
+
+
+# --cfg-options ---------------------------------------------------------------
+
+
+def _cfg_options(*items: str) -> dict:
+    parser = argparse.ArgumentParser(prog='tool')
+    add_common_args(parser)
+    return parser.parse_args(['--cfg-options', *items]).cfg_options
+
+
+def test_a_value_keeps_its_spaces_where_dict_action_drops_them():
+    """Why CfgOptionsAction exists: mmengine's DictAction deletes spaces."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    plain = parser.parse_args(['--cfg-options', 'data_root=/data/my dir'])
+    assert plain.cfg_options == {'data_root': '/data/mydir'}
+    assert _cfg_options('data_root=/data/my dir') == {
+        'data_root': '/data/my dir'
+    }
+
+
+def test_values_parse_as_in_dict_action():
+    assert _cfg_options('a=1', 'b=0.5', 'c=true', 'd=None', 'e=x,y',
+                        'f=[1,(2,3)]', 'h=a=b') == {
+        'a': 1, 'b': 0.5, 'c': True, 'd': None, 'e': ['x', 'y'],
+        'f': [1, (2, 3)], 'h': 'a=b'
+    }
+
+
+def test_options_is_cfg_options_and_the_last_setting_wins():
+    parser = argparse.ArgumentParser()
+    add_common_args(parser)
+    args = parser.parse_args(
+        ['--options', 'a=1', 'b=2', '--cfg-options', 'b=3', 'c=4'])
+    assert args.cfg_options == {'a': 1, 'b': 3, 'c': 4}
+
+
+def test_an_item_without_a_value_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit:
+        _cfg_options('a=1', 'model.backbone')
+    assert exit.value.code == 2
+    assert ("tool: error: --cfg-options: expected KEY=VALUE, got "
+            "'model.backbone'") in capsys.readouterr().err
+
+
+# Paths as positionals or options ---------------------------------------------
+
+
+def _paths(argv):
+    parser = argparse.ArgumentParser(prog='tool')
+    add_path_args(parser, config='config file', checkpoint='checkpoint')
+    parser.add_argument('--launcher')
+    args = parser.parse_intermixed_args(argv)
+    resolve_paths(parser, args, ['config', 'checkpoint'])
+    return args.config, args.checkpoint
+
+
+@pytest.mark.parametrize('argv', [
+    ['c.py', 'k.pth'],
+    ['c.py', '--launcher', 'pytorch', 'k.pth'],
+    ['--launcher', 'pytorch', 'c.py', 'k.pth'],
+    ['--checkpoint', 'k.pth', 'c.py'],
+    ['--config', 'c.py', 'k.pth'],
+])
+def test_paths_in_any_spelling(argv):
+    assert _paths(argv) == ('c.py', 'k.pth')
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['c.py'], 'CHECKPOINT is required (positional or --checkpoint)'),
+    (['c.py', 'k.pth', 'x.pth'], 'unexpected extra path(s): x.pth'),
+    (['--config', 'c.py', '--checkpoint', 'k.pth', 'x.pth'],
+     'unexpected extra path(s): x.pth'),
+])
+def test_missing_or_extra_paths(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _paths(argv)
+    assert f'tool: error: {message}' in capsys.readouterr().err
