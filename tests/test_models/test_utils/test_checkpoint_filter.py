@@ -14,7 +14,7 @@ from mmengine.logging import MMLogger
 
 from regproxy.engine import CheckpointError
 from regproxy.models.backbones import RegionProxyViT
-from regproxy.models.utils import checkpoint_filter_fn, sync_bn_to_bn
+from regproxy.models.utils import checkpoint_filter_fn
 from tests.conformance import (REPO_ROOT, conformance_path, published_config)
 
 INITIALISATIONS = {
@@ -41,7 +41,7 @@ def test_timm_checkpoint_converts_to_release_layout(timm_name):
         cfg = published_config(name)
         backbone = RegionProxyViT(**{
             k: v
-            for k, v in sync_bn_to_bn(cfg.model.backbone).items()
+            for k, v in cfg.model.backbone.items()
             if k != 'type'
         })
     checkpoint = source.state_dict()
