@@ -11,8 +11,9 @@ The two paths timed (ours first):
 - by default, ours vs the straightforward path: mmseg's
   ``VisionTransformer`` with the same weights and ``ProxyHead`` in its
   unfold form;
-- ``--compile``: ours under ``torch.compile(mode='reduce-overhead')`` (CUDA
-  graphs on a GPU) vs ours eager;
+- ``--compile``: ours compiled as by ``test.py --compile``
+  (``torch.compile(mode='reduce-overhead')``, CUDA graphs on a GPU) vs ours
+  eager;
 - ``--head-only``: ``ProxyHead`` alone on random token maps, accumulating
   the 9 neighbouring regions (ours) vs materialising them with ``F.unfold``;
   without ``--shape``, at the token grids of 512x512, 640x640 and 512x2048
@@ -29,10 +30,12 @@ import argparse
 import inspect
 import json
 import os
+import runpy
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -51,8 +54,6 @@ from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
 from regproxy.models.backbones import RegionProxyViT
 from regproxy.utils import (DTYPES, add_shape_arg, add_trust_checkpoint_arg,
                             fail, standalone_model_cfg)
-from regproxy.utils.compiled_inference import (CPU_COMPILE_NOTE,
-                                               compile_inference)
 
 PATHS = ('ours', 'straightforward')
 COMPILE_PATHS = ('compiled', 'ours')
@@ -106,6 +107,13 @@ def straightforward_cfg(model_cfg: dict) -> dict:
     return cfg
 
 
+def test_script() -> dict:
+    """The globals of test.py, whose ``--compile`` is what ``--compile``
+    times."""
+    return runpy.run_path(str(Path(__file__).resolve().parents[2] /
+                              'test.py'))
+
+
 def build_model(cfg: Config, path: str, device: torch.device) -> nn.Module:
     """The segmentor timed as ``path`` (one of :data:`PATHS`,
     :data:`COMPILE_PATHS`, :data:`HEAD_PATHS`; ``compiled``: ours with a
@@ -118,7 +126,7 @@ def build_model(cfg: Config, path: str, device: torch.device) -> nn.Module:
     if path == 'unfold':
         model.decode_head.use_unfold = True
     if path == 'compiled':
-        compile_inference(model)
+        test_script()['compile_inference'](model)
     return model
 
 
@@ -449,7 +457,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print('note: this CPU has no bfloat16 instructions; bfloat16 '
               'autocast is emulated and slower than float32 here')
     if args.device == 'cpu' and args.compile:
-        print(f'note: {CPU_COMPILE_NOTE}')
+        print(f'note: {test_script()["CPU_COMPILE_NOTE"]}')
     print(f'batch {args.batch} (training: batch {args.train_batch})')
     try:
         rows = benchmark_models(args, cfg, argv)
