@@ -107,11 +107,10 @@ def straightforward_cfg(model_cfg: dict) -> dict:
     return cfg
 
 
-def test_script() -> dict:
-    """The globals of test.py, whose ``--compile`` is what ``--compile``
-    times."""
-    return runpy.run_path(str(Path(__file__).resolve().parents[2] /
-                              'test.py'))
+def repo_script(name: str) -> dict:
+    """The globals of the repository's script ``name``: the benchmark uses
+    ``test.py``'s compiled inference and ``train.py``'s CPU check."""
+    return runpy.run_path(str(Path(__file__).resolve().parents[2] / name))
 
 
 def build_model(cfg: Config, path: str, device: torch.device) -> nn.Module:
@@ -126,7 +125,7 @@ def build_model(cfg: Config, path: str, device: torch.device) -> nn.Module:
     if path == 'unfold':
         model.decode_head.use_unfold = True
     if path == 'compiled':
-        test_script()['compile_inference'](model)
+        repo_script('test.py')['compile_inference'](model)
     return model
 
 
@@ -362,13 +361,6 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
     return rows
 
 
-def cpu_has_bf16() -> bool:
-    """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX);
-    without them bfloat16 kernels convert to float32 and back in software."""
-    with open('/proc/cpuinfo') as f:
-        return bool(set(f.read().split()) & {'avx512_bf16', 'amx_bf16'})
-
-
 def print_comparison(rows: List[dict]) -> None:
     """Print latency (median and fastest call), FPS and peak memory of every
     row (``case``, ``mode``, ``dtype``, ``path``, ``times``, ``batch``,
@@ -453,11 +445,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f'{os.path.basename(args.config)} on {args.device} '
           f'({torch.get_num_threads()} threads), torch {torch.__version__}')
     if (args.device == 'cpu' and 'bfloat16' in args.dtypes
-            and not cpu_has_bf16()):
+            and not repo_script('train.py')['cpu_has_bf16']()):
         print('note: this CPU has no bfloat16 instructions; bfloat16 '
               'autocast is emulated and slower than float32 here')
     if args.device == 'cpu' and args.compile:
-        print(f'note: {test_script()["CPU_COMPILE_NOTE"]}')
+        print(f'note: {repo_script("test.py")["CPU_COMPILE_NOTE"]}')
     print(f'batch {args.batch} (training: batch {args.train_batch})')
     try:
         rows = benchmark_models(args, cfg, argv)
