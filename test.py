@@ -31,10 +31,10 @@ try:  # a broken install gets a diagnosis instead of a traceback
     from regproxy.datasets import (check_data_roots, leaf_datasets,
                                    use_checked_loaders)
     from regproxy.engine import CheckpointError, unwrap_model
-    from regproxy.utils import (DTYPES, add_common_args, add_path_args,
-                                build_runner, end_process_group, fail,
-                                load_config, registered, resolve_paths,
-                                set_work_dir, setup_launcher)
+    from regproxy.utils import (DTYPES, add_common_args, build_runner,
+                                end_process_group, fail, load_config,
+                                parse_with_paths, registered, set_work_dir,
+                                setup_launcher)
 except ImportError as error:
     sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
                                 'check_env.py'))['stack_import_hint'](error))
@@ -60,8 +60,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(
         description='Test (and evaluate) a RegionProxy segmentor')
-    add_path_args(
-        parser, config='config file', checkpoint='checkpoint file or URL')
     parser.add_argument(
         '--aug-test',
         '--tta',
@@ -119,8 +117,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         'kernel launch cost of small models at batch 1 on GPUs; off by '
         'default (no gain on the CPU)')
     add_common_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    resolve_paths(parser, args, ['config', 'checkpoint'])
+    args = parse_with_paths(
+        parser, argv, config='config file', checkpoint='checkpoint file')
     if args.format_only and args.eval:
         parser.error('--eval and --format-only exclude each other')
     if args.out and args.out.endswith(('.pkl', '.pickle')):
@@ -178,24 +176,13 @@ def reads_cityscapes(cfg: Config) -> bool:
     return False
 
 
-def cityscapes_format_metric(out: str) -> dict:
-    """mmseg's ``CityscapesMetric`` that only writes ``out``/<image>.png
-    with Cityscapes label ids (its train ids mapped back by
-    cityscapesscripts), as the Cityscapes server expects."""
-    from mmseg.evaluation.metrics import citys_metric
-    if citys_metric.CSLabels is None:
-        fail('--format-only on Cityscapes writes label ids through '
-             "mmseg's CityscapesMetric, which needs cityscapesscripts: pip "
-             'install cityscapesscripts')
-    return dict(
-        type='CityscapesMetric',
-        output_dir=out,
-        format_only=True,
-        keep_results=True)
-
-
 def configure_evaluator(cfg: Config, args: argparse.Namespace) -> List[str]:
     """Apply the evaluation options to every metric of ``test_evaluator``.
+
+    With ``--format-only`` on a Cityscapes test set, mmseg's
+    ``CityscapesMetric`` replaces ``IoUMetric``: it writes label ids (its
+    train ids mapped back by cityscapesscripts), as the Cityscapes server
+    expects, where ``IoUMetric`` would write train ids.
 
     Args:
         cfg (Config): config to update in place.
@@ -217,34 +204,35 @@ def configure_evaluator(cfg: Config, args: argparse.Namespace) -> List[str]:
         # IoUMetric makes it on rank 0 only; other ranks may write first.
         os.makedirs(out, exist_ok=True)
         notes.append(f'Predicted label maps go to {out}.')
-    metrics = cfg.test_evaluator
-    metrics = metrics if isinstance(metrics, list) else [metrics]
+    evaluator = cfg.test_evaluator
+    metrics = evaluator if isinstance(evaluator, list) else [evaluator]
     if args.format_only and reads_cityscapes(cfg):
-        # IoUMetric would write train ids (0-18); the server reads label ids.
+        from mmseg.evaluation.metrics import citys_metric
+        if citys_metric.CSLabels is None:
+            fail('--format-only on Cityscapes writes label ids through '
+                 "mmseg's CityscapesMetric, which needs cityscapesscripts: "
+                 'pip install cityscapesscripts')
         metrics = [
-            cityscapes_format_metric(out)
-            if metric['type'] == 'IoUMetric' else metric
-            for metric in metrics
+            dict(type='CityscapesMetric') if m['type'] == 'IoUMetric' else m
+            for m in metrics
         ]
-        cfg.test_evaluator = metrics if len(metrics) > 1 else metrics[0]
-        metrics = cfg.test_evaluator  # the config holds copies
-        metrics = metrics if isinstance(metrics, list) else [metrics]
         notes.append('Cityscapes: label ids are written (CityscapesMetric).')
     for metric in metrics:
         metric.update(args.eval_options or {})
         if gpu_collect:
             metric['collect_device'] = 'gpu'
-        if metric['type'] == 'CityscapesMetric' and out is not None:
-            metric.update(output_dir=out, keep_results=True)
-            metric['format_only'] = args.format_only
-        if metric['type'] != 'IoUMetric':
+        if metric['type'] not in ('IoUMetric', 'CityscapesMetric'):
             continue
-        if args.eval:
-            metric['iou_metrics'] = args.eval
         if out is not None:
             metric['output_dir'] = out
         if args.format_only:
             metric['format_only'] = True
+        if metric['type'] == 'CityscapesMetric' and out is not None:
+            metric['keep_results'] = True
+        if metric['type'] == 'IoUMetric' and args.eval:
+            metric['iou_metrics'] = args.eval
+    cfg.test_evaluator = metrics if isinstance(evaluator, list) else (
+        metrics[0])
     return notes
 
 

@@ -32,10 +32,11 @@ try:  # a broken install gets a diagnosis instead of a traceback
 
     from regproxy.datasets import check_data_roots, use_checked_loaders
     from regproxy.engine import CheckpointError, WorkDirBusyError
-    from regproxy.utils import (add_common_args, add_path_args, build_runner,
+    from regproxy.utils import (add_common_args, build_runner,
                                 end_process_group, fail, launcher_world_size,
-                                load_config, plan_total_batch, registered,
-                                resolve_paths, set_work_dir, setup_launcher)
+                                load_config, parse_with_paths,
+                                plan_total_batch, registered, set_work_dir,
+                                setup_launcher)
 except ImportError as error:
     sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
                                 'check_env.py'))['stack_import_hint'](error))
@@ -64,7 +65,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(
         description='Train a RegionProxy segmentor')
-    add_path_args(parser, config='config file')
     checkpoint = parser.add_mutually_exclusive_group()
     checkpoint.add_argument(
         '--load-from', help='initialise the model from this checkpoint')
@@ -111,11 +111,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='activation checkpointing in the backbone: less memory, about '
         'a third more compute per step')
     add_common_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    resolve_paths(parser, args, ['config'])
+    args = parse_with_paths(parser, argv, config='config file')
     if args.gpus is not None:
         parser.error(
-            f'--gpus is gone: train.py runs one process per device. To '
+            f'--gpus {args.gpus}: train.py runs one process per device. To '
             f'train on {args.gpus} GPUs, start {args.gpus} processes: '
             f'tools/dist_train.sh {args.config} {args.gpus} (or torchrun '
             f'--nproc_per_node={args.gpus} train.py {args.config} '

@@ -25,8 +25,8 @@ from .distributed import LAUNCHERS
 
 __all__ = [
     'DTYPES', 'fail', 'add_trust_checkpoint_arg', 'add_shape_arg',
-    'CfgOptionsAction', 'add_common_args', 'add_path_args', 'resolve_paths',
-    'load_config', 'set_work_dir', 'build_runner'
+    'CfgOptionsAction', 'add_common_args', 'parse_with_paths', 'load_config',
+    'set_work_dir', 'build_runner'
 ]
 
 # Precisions the scripts accept (``--dtype``), by name.
@@ -35,9 +35,6 @@ DTYPES = {
     'bfloat16': torch.bfloat16,
     'float16': torch.float16,
 }
-
-_LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
-
 
 def fail(message: str) -> NoReturn:
     """End a script with ``error: message`` on stderr and exit status 1."""
@@ -149,14 +146,22 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help=argparse.SUPPRESS)
 
 
-def add_path_args(parser: argparse.ArgumentParser, **paths: str) -> None:
-    """Add path arguments, each a positional (mmseg 1.x, in the order
-    given) or ``--name`` (the original release); see
-    :func:`resolve_paths`.
+def parse_with_paths(parser: argparse.ArgumentParser,
+                     argv: Optional[Sequence[str]],
+                     **paths: str) -> argparse.Namespace:
+    """Parse a command line whose paths are positionals (mmseg 1.x) or
+    ``--name`` options (the original release), in any mix and order.
+
+    Each path not given as ``--name`` takes the next positional, in the
+    order of ``paths``.
 
     Args:
-        parser (argparse.ArgumentParser): parser to extend in place.
+        parser (argparse.ArgumentParser): the other arguments; extended.
+        argv (Sequence[str], optional): arguments; ``sys.argv[1:]`` if None.
         **paths (str): help text by name, e.g. ``config='config file'``.
+
+    Returns:
+        argparse.Namespace: the options, each path set.
     """
     parser.add_argument(
         'paths',
@@ -165,29 +170,18 @@ def add_path_args(parser: argparse.ArgumentParser, **paths: str) -> None:
         help=', '.join(paths.values()))
     for name, help in paths.items():
         parser.add_argument(f'--{name}', help=f'{help} (or positional)')
-
-
-def resolve_paths(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                  names: Sequence[str]) -> None:
-    """Give each path not set by its ``--name`` the next positional.
-
-    Parse with ``parse_intermixed_args``, so that positionals may follow
-    options.
-
-    Args:
-        parser (argparse.ArgumentParser): reports errors.
-        args (argparse.Namespace): parsed arguments, updated in place.
-        names (Sequence[str]): the names of :func:`add_path_args`, in order.
-    """
-    paths = args.paths
-    for name in names:
+    # intermixed: positionals may also follow options
+    args = parser.parse_intermixed_args(argv)
+    for name in paths:
         if getattr(args, name) is None:
-            if not paths:
+            if not args.paths:
                 parser.error(f'{name.upper()} is required (positional or '
                              f'--{name})')
-            setattr(args, name, paths.pop(0))
-    if paths:
-        parser.error(f'unexpected extra path(s): {" ".join(paths)}')
+            setattr(args, name, args.paths.pop(0))
+    if args.paths:
+        parser.error(f'unexpected extra path(s): {" ".join(args.paths)}')
+    del args.paths
+    return args
 
 
 def load_config(path: str,
@@ -227,7 +221,7 @@ def load_config(path: str,
     except ConfigKeyError as error:
         fail(str(error))
     cfg.merge_from_dict(merged)
-    for name in _LOADERS:
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         loader = cfg.get(name)
         if (loader and loader.get('num_workers') == 0
                 and loader.get('persistent_workers')):
@@ -279,14 +273,7 @@ def set_work_dir(cfg: Config, work_dir: Optional[str],
 
 
 def build_runner(cfg: Config) -> Runner:
-    """Build the runner the config asks for (``runner_type``) or mmengine's.
-
-    Args:
-        cfg (Config): the prepared config.
-
-    Returns:
-        Runner: the runner.
-    """
+    """The runner the config names (``runner_type``), else mmengine's."""
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

@@ -155,9 +155,10 @@ def check_override_keys(cfg: Config, options: dict) -> None:
     lacks, and on into the new dicts below it. Such a part passes when the
     dict it goes into takes it: at the top level a runner key; in a dict
     with a ``type`` (a ``type`` override in ``options`` counts) an argument
-    of that class, in ``randomness`` one of ``Runner.set_randomness``. Where the accepted keys
-    cannot be told (a class taking ``**kwargs``, a dict without a
-    ``type``), only a near-miss of a key the dict has is refused.
+    of that class, in ``randomness`` one of ``Runner.set_randomness``.
+    Where the accepted keys cannot be told (a class taking ``**kwargs``, a
+    dict without a ``type``), only a near-miss of a key the dict has is
+    refused.
 
     Args:
         cfg (Config): the config before the overrides.

@@ -83,10 +83,9 @@ def setup_launcher(cfg: Config, launcher: str) -> List[str]:
     cfg.launcher = launcher
     if launcher == 'none' or torch.cuda.is_available():
         return []
-    if cfg.get('env_cfg') is None:
-        cfg.env_cfg = dict()
-    dist_cfg = dict(cfg.env_cfg.get('dist_cfg') or {}, backend='gloo')
-    cfg.env_cfg.dist_cfg = dist_cfg
+    env_cfg = cfg.get('env_cfg') or {}
+    dist_cfg = dict(env_cfg.get('dist_cfg') or {}, backend='gloo')
+    cfg.env_cfg = dict(env_cfg, dist_cfg=dist_cfg)
     _use_cpu_ddp(cfg)
     _init_cpu_process_group(launcher, dist_cfg.get('timeout'))
     notes = ['No CUDA device: distributed run on the CPU with gloo '

@@ -247,8 +247,8 @@ def test_gpus_says_how_to_train_on_n_gpus(capsys):
     with pytest.raises(SystemExit) as exit:
         train_script.parse_args(['c.py', '--gpus', '2'])
     assert exit.value.code == 2
-    assert ('train.py runs one process per device. To train on 2 GPUs, '
-            'start 2 processes: tools/dist_train.sh c.py 2 (or torchrun '
+    assert ('--gpus 2: train.py runs one process per device. To train on 2 '
+            'GPUs, start 2 processes: tools/dist_train.sh c.py 2 (or torchrun '
             '--nproc_per_node=2 train.py c.py --launcher pytorch)'
             ) in capsys.readouterr().err
 

@@ -5,8 +5,7 @@ import argparse
 import pytest
 from mmengine.config import DictAction
 
-from regproxy.utils import (add_common_args, add_path_args, add_shape_arg,
-                            resolve_paths)
+from regproxy.utils import add_common_args, add_shape_arg, parse_with_paths
 
 
 def _parser():
@@ -79,10 +78,9 @@ def test_an_item_without_a_value_is_a_usage_error(capsys):
 
 def _paths(argv):
     parser = argparse.ArgumentParser(prog='tool')
-    add_path_args(parser, config='config file', checkpoint='checkpoint')
     parser.add_argument('--launcher')
-    args = parser.parse_intermixed_args(argv)
-    resolve_paths(parser, args, ['config', 'checkpoint'])
+    args = parse_with_paths(parser, argv, config='config file',
+                            checkpoint='checkpoint')
     return args.config, args.checkpoint
 
 
