@@ -1,5 +1,7 @@
 import pytest
 import torch
+from mmengine.structures import PixelData
+from mmseg.structures import SegDataSample
 
 from regproxy.models.decode_heads import ProxyHead
 from regproxy.models.decode_heads.proxy_head import (neighbour_mask,
@@ -121,3 +123,90 @@ def test_dropout_acts_on_the_region_tokens_in_training():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_head(**kwargs)
+
+
+def labelled_samples(shape, num_classes, generator, ignored=0.2):
+    samples = []
+    for _ in range(2):
+        labels = torch.randint(num_classes, (1, *shape), generator=generator)
+        labels[torch.rand(labels.shape, generator=generator) < ignored] = 255
+        samples.append(SegDataSample(gt_sem_seg=PixelData(data=labels)))
+    return samples
+
+
+def loss_and_gradient(head, logits, samples):
+    losses = head.loss_by_feat(logits, samples)
+    total = sum(v for k, v in losses.items() if k.startswith('loss'))
+    grad, = torch.autograd.grad(total, logits)
+    return losses, grad
+
+
+@pytest.mark.parametrize('kwargs, label_shape, ignored', [
+    (dict(), (48, 60), 0.2),
+    (dict(align_corners=True), (37, 45), 0.2),
+    (dict(loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4,
+                           avg_non_ignore=True)), (48, 60), 0.3),
+    (dict(loss_decode=dict(type='CrossEntropyLoss', avg_non_ignore=True,
+                           class_weight=[1., 2., .5, 0., 1., 1., 3.])),
+     (30, 41), 0.),
+    (dict(loss_decode=dict(type='CrossEntropyLoss',
+                           class_weight=[1., 2., .5, 0., 1., 1., 3.]),
+          ignore_index=3), (30, 41), 0.),
+    (dict(loss_decode=dict(type='CrossEntropyLoss', loss_name='loss_x')),
+     (7, 9), 0.2),
+])
+def test_fused_loss_equals_mmseg_loss_by_feat(kwargs, label_shape, ignored):
+    """Same loss, accuracy and gradient as mmseg's resize + CrossEntropyLoss
+    + top-1 accuracy, to 1e-5, for the settings of loss_decode."""
+    generator = torch.Generator().manual_seed(0)
+    head = build_head(**kwargs)
+    logits = torch.randn(2, 7, 12, 15, generator=generator,
+                         requires_grad=True)
+    samples = labelled_samples(label_shape, 7, generator, ignored)
+    fused, fused_grad = loss_and_gradient(head, logits, samples)
+    head.fused_loss = False
+    reference, reference_grad = loss_and_gradient(head, logits, samples)
+    assert fused.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(fused[key], reference[key], rtol=1e-5,
+                                   atol=0)
+    torch.testing.assert_close(fused_grad, reference_grad, rtol=1e-5,
+                               atol=1e-5 * reference_grad.abs().max().item())
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(loss_decode=[dict(type='CrossEntropyLoss'),
+                      dict(type='DiceLoss')]),
+    dict(loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True)),
+    dict(loss_decode=dict(type='CrossEntropyLoss', reduction='sum')),
+    dict(sampler=dict(type='OHEMPixelSampler', thresh=0.7, min_kept=100)),
+])
+def test_other_losses_go_through_mmseg(kwargs):
+    generator = torch.Generator().manual_seed(0)
+    head = build_head(**kwargs)
+    logits = torch.randn(2, 7, 6, 5, generator=generator, requires_grad=True)
+    samples = labelled_samples((24, 20), 7, generator, ignored=0.)
+    ours, _ = loss_and_gradient(head, logits, samples)
+    head.fused_loss = False
+    reference, _ = loss_and_gradient(head, logits, samples)
+    assert ours.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(ours[key], reference[key]), key
+
+
+def test_head_runs_in_float32_under_autocast():
+    """Low-precision backbone maps in, float32 logits out, close to the
+    float32 head's; a float64 head stays in float64."""
+    head = build_head().eval()
+    inputs = [torch.randn(1, 16, 6, 7), torch.randn(1, 24, 6, 7)]
+    with torch.no_grad():
+        expected = head(inputs)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            logits = head([x.bfloat16() for x in inputs])
+        assert logits.dtype == torch.float32
+        bf16_inputs = [x.bfloat16().float() for x in inputs]
+        torch.testing.assert_close(logits, head(bf16_inputs))
+        assert relative_error(logits, expected) < 2e-2
+        head.double()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert head([x.double() for x in inputs]).dtype == torch.float64
