@@ -1,17 +1,53 @@
 import difflib
-from typing import List
+from typing import Callable, List
 
 import torch
 import torch.nn.functional as F
+from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
+from mmseg.models.utils import resize
 from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from mmseg.utils import OptSampleList, SampleList
 
-__all__ = ['PaddedSlideEncoderDecoder']
+__all__ = ['PaddedSlideEncoderDecoder', 'argmax_by_chunks']
+
+# Elements of the resized logits of one chunk of classes (``c x H x W``) in
+# predict() with ``test_cfg.return_logits=False``: 16 MiB of float32.
+CHUNK_ELEMENTS = 2**22
 
 
 def _as_tuple(value) -> tuple:
     """mmseg heads hold one int or a sequence for in_channels/in_index."""
     return tuple(value) if isinstance(value, (list, tuple)) else (value, )
+
+
+def argmax_by_chunks(num_classes: int, chunk: int,
+                     scores: Callable[[int, int], torch.Tensor]
+                     ) -> torch.Tensor:
+    """Argmax over the classes of scores computed ``chunk`` classes at a
+    time: the same as ``scores(0, num_classes).argmax(0)``, ties and NaNs
+    included (the first largest, or the first NaN, wins).
+
+    Args:
+        num_classes (int): K.
+        chunk (int): classes per call of ``scores``.
+        scores (Callable): ``scores(k0, k1)`` -> (k1 - k0, H, W) scores of
+            the classes ``k0:k1``.
+
+    Returns:
+        Tensor: (H, W) int64 class indices.
+    """
+    best = index = None
+    for k0 in range(0, num_classes, chunk):
+        values, indices = scores(k0, min(k0 + chunk, num_classes)).max(0)
+        if best is None:
+            best, index = values, indices
+            continue
+        better = (values > best) | (values.isnan() & ~best.isnan())
+        best = torch.where(better, values, best)
+        index = torch.where(better, indices + k0, index)
+    return index
 
 
 @MODELS.register_module()
@@ -24,6 +60,17 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
     RegionProxy's published evaluation does. Whole-image inference and
     training are mmseg's.
 
+    ``test_cfg.return_logits=False`` is for callers that need the class
+    map only (scoring with ``IoUMetric`` or ``CityscapesMetric``, label maps
+    written by ``--out``, pictures of the predictions): ``predict()`` then
+    fills ``pred_sem_seg`` alone, without the (K, H, W) ``seg_logits`` of
+    every image. It resizes the logits to the image (and, from a whole
+    image, from the head's output) a few classes at a time and keeps a
+    running argmax; the class map is identical to mmseg's. The default
+    (True) keeps mmseg's ``seg_logits``, which test-time augmentation
+    (``SegTTAModel``) averages. ``inference()``, ``encode_decode()`` and
+    the slide and whole inferences return the logits either way.
+
     Args:
         **kwargs: ``EncoderDecoder`` arguments. The backbone's
             ``embed_dims`` must match the head's ``in_channels``, the head's
@@ -34,9 +81,9 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
             ``test_cfg`` may hold only :attr:`TEST_CFG_KEYS`.
     """
 
-    # What EncoderDecoder's inference reads from test_cfg; any other key
-    # (a typo such as ``strid``) would be ignored without a word.
-    TEST_CFG_KEYS = ('mode', 'crop_size', 'stride')
+    # What EncoderDecoder's inference reads from test_cfg, and ours; any
+    # other key (a typo such as ``strid``) would be ignored without a word.
+    TEST_CFG_KEYS = ('mode', 'crop_size', 'stride', 'return_logits')
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -58,6 +105,15 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
         self._check_test_cfg_keys()
         if self.test_cfg and self.test_cfg.get('mode') == 'slide':
             self._check_slide_windows()
+        return_logits = (self.test_cfg or {}).get('return_logits', True)
+        if not isinstance(return_logits, bool):
+            raise ValueError('test_cfg.return_logits must be True or False, '
+                             f'got {return_logits!r}')
+        if not return_logits and self.out_channels == 1:
+            raise ValueError(
+                'test_cfg.return_logits=False needs one logit per class: '
+                'a one-channel head thresholds its sigmoid instead '
+                f'(decode_head.out_channels={self.out_channels})')
 
     def _check_test_cfg_keys(self):
         """Refuse test_cfg keys that inference does not read."""
@@ -109,4 +165,74 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
                 logits = self.encode_decode(window, batch_img_metas)
                 preds[:, :, y1:y2, x1:x2] += logits[:, :, :h, :w]
                 count[:, :, y1:y2, x1:x2] += 1
-        return preds / count
+        return preds.div_(count)  # in place: no second (B, K, H, W) tensor
+
+    def predict(self,
+                inputs: torch.Tensor,
+                data_samples: OptSampleList = None) -> SampleList:
+        """mmseg's ``predict``; with ``test_cfg.return_logits=False`` the
+        samples get ``pred_sem_seg`` only (see the class docstring).
+
+        Args:
+            inputs (Tensor): (B, C, H, W) normalised images.
+            data_samples (list[SegDataSample], optional): samples with the
+                images' meta information; None for bare images.
+
+        Returns:
+            list[SegDataSample]: the samples with the predictions.
+        """
+        if self.test_cfg.get('return_logits', True):
+            return super().predict(inputs, data_samples)
+        if data_samples is None:
+            batch_img_metas = [
+                dict(ori_shape=inputs.shape[2:], img_shape=inputs.shape[2:],
+                     pad_shape=inputs.shape[2:], padding_size=[0, 0, 0, 0])
+            ] * inputs.shape[0]
+        else:
+            batch_img_metas = [sample.metainfo for sample in data_samples]
+        slide = self.test_cfg.get('mode', 'whole') == 'slide'
+        if slide:
+            logits = self.inference(inputs, batch_img_metas)
+        else:  # the head's logits, resized to the input chunk by chunk
+            logits = self.decode_head(self.extract_feat(inputs))
+        samples = data_samples or [SegDataSample() for _ in logits]
+        for i, sample in enumerate(samples):
+
+            def scores(k0, k1, i=i):
+                part = logits[i:i + 1, k0:k1]
+                if not slide:
+                    part = self.decode_head.predict_by_feat(
+                        part, batch_img_metas)
+                if data_samples is None:  # as mmseg: the input's size
+                    return part[0]
+                return self.restore_image_logits(part, batch_img_metas[i])
+
+            ori_h, ori_w = batch_img_metas[i]['ori_shape'][:2]
+            pixels = max(inputs.shape[2] * inputs.shape[3], ori_h * ori_w)
+            chunk = max(1, CHUNK_ELEMENTS // pixels)
+            pred = argmax_by_chunks(self.out_channels, chunk, scores)
+            sample.set_data({'pred_sem_seg': PixelData(data=pred[None])})
+        return samples
+
+    def restore_image_logits(self, logits: torch.Tensor,
+                             meta: dict) -> torch.Tensor:
+        """(1, c, H, W) logits of an input -> (c, h, w) logits of its
+        original image: the padding cut off, the flip undone and the
+        logits resized to ``meta['ori_shape']``, as mmseg 1.2.2's
+        ``postprocess_result`` does.
+        """
+        padding = meta.get('img_padding_size',
+                           meta.get('padding_size', [0] * 4))
+        left, right, top, bottom = padding
+        H, W = logits.shape[2:]
+        logits = logits[:, :, top:H - bottom, left:W - right]
+        if meta.get('flip'):
+            direction = meta.get('flip_direction')
+            if direction not in ('horizontal', 'vertical'):
+                raise ValueError(f'flip_direction={direction!r} in the image '
+                                 "meta: expected 'horizontal' or 'vertical'")
+            logits = logits.flip(dims=(3, ) if direction == 'horizontal'
+                                 else (2, ))
+        return resize(logits, size=meta['ori_shape'], mode='bilinear',
+                      align_corners=self.align_corners,
+                      warning=False).squeeze(0)

@@ -6,6 +6,12 @@ import torch
 from mmengine.config import ConfigDict
 from mmseg.apis import inference_model, init_model
 from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+import regproxy.models.segmentors.padded_slide_encoder_decoder as \
+    segmentor_module
+from regproxy.models.segmentors.padded_slide_encoder_decoder import \
+    argmax_by_chunks
 
 from tests.conformance import CONFIG_DIR, conformance_path
 from tests.tiny_models import tiny_segmentor, tiny_segmentor_cfg
@@ -67,6 +73,11 @@ def test_released_layout_checkpoint_segments_an_image(tmp_path):
     result = inference_model(model, image)
     assert result.pred_sem_seg.data.shape == (1, 300, 450)
     assert result.seg_logits.data.shape == (150, 300, 450)
+    model.test_cfg.return_logits = False
+    labels_only = inference_model(model, image)
+    assert 'seg_logits' not in labels_only
+    assert torch.equal(labels_only.pred_sem_seg.data,
+                       result.pred_sem_seg.data)
 
 
 @pytest.mark.parametrize('change, message', [
@@ -85,3 +96,59 @@ def test_inconsistent_model_config_fails_at_build(change, message):
         cfg[key] = {**cfg[key], **value}
     with pytest.raises(ValueError, match=message):
         MODELS.build(cfg)
+
+
+def image_samples(flips):
+    """Samples of images padded to 70x90 and scaled from 50x61."""
+    return [
+        SegDataSample(metainfo=dict(
+            img_shape=(66, 85), pad_shape=(70, 90), ori_shape=(50, 61),
+            padding_size=[0, 5, 0, 4], flip=flip is not None,
+            flip_direction=flip)) for flip in flips
+    ]
+
+
+@pytest.mark.parametrize('mode', ['whole', 'slide'])
+def test_class_map_only_predicts_mmseg_labels_without_logits(
+        mode, monkeypatch):
+    model = tiny_segmentor(mode=mode, num_classes=7)
+    inputs = torch.randn(2, 3, 70, 90)
+    with torch.no_grad():
+        expected = model.predict(inputs, image_samples([None, 'vertical']))
+        expected += model.predict(inputs)
+        model.test_cfg.return_logits = False
+        # 3 classes per chunk: chunks of 3, 3 and 1.
+        monkeypatch.setattr(segmentor_module, 'CHUNK_ELEMENTS', 3 * 70 * 90)
+        samples = model.predict(inputs, image_samples([None, 'vertical']))
+        samples += model.predict(inputs)
+    for ours, reference in zip(samples, expected):
+        assert 'seg_logits' not in ours and 'seg_logits' in reference
+        assert torch.equal(ours.pred_sem_seg.data,
+                           reference.pred_sem_seg.data)
+    assert samples[0].pred_sem_seg.shape == (50, 61)
+    assert samples[2].pred_sem_seg.shape == (70, 90)
+
+
+def test_argmax_by_chunks_keeps_the_first_largest_and_nan():
+    scores = torch.tensor([[1., 3., 3., 0., 3.], [2., float('nan'), 5., 5.,
+                                                   float('nan')],
+                           [0., 0., 0., 0., 0.]]).T[:, :, None]
+    expected = scores.argmax(0)
+    for chunk in (1, 2, 3, 5):
+        index = argmax_by_chunks(5, chunk, lambda k0, k1: scores[k0:k1])
+        assert torch.equal(index, expected), chunk
+    assert expected.flatten().tolist() == [1, 1, 0]
+
+
+def test_test_cfg_takes_return_logits_true_or_false():
+    cfg = tiny_segmentor_cfg(mode='slide')
+    cfg.test_cfg.return_logits = False
+    model = MODELS.build(cfg)
+    assert model.test_cfg.return_logits is False
+    with pytest.raises(ValueError, match='return_logits must be True or'):
+        MODELS.build({**cfg, 'test_cfg': {**cfg.test_cfg,
+                                          'return_logits': 'no'}})
+    with pytest.raises(ValueError, match='one logit per class'):
+        MODELS.build({**cfg, 'decode_head': {**cfg.decode_head,
+                                             'out_channels': 1,
+                                             'num_classes': 2}})
