@@ -257,7 +257,7 @@ def peak_memory(step: Step, steps: int, device: torch.device) -> int:
     CUDA: ``max_memory_allocated`` minus ``memory_allocated`` before (tensor
     bytes; the caching allocator's reserve is left out). CPU: the kernel's
     peak resident set size (``VmHWM``), reset to the current size through
-    ``/proc/self/clear_refs`` right before the steps, minus ``VmRSS`` before;
+    ``/proc/self/clear_refs`` right before the steps, minus ``VmRSS`` then;
     run it in :func:`worker_peak`'s process, whose fixed mmap threshold makes
     RSS follow the live tensor bytes.
     """
@@ -269,9 +269,10 @@ def peak_memory(step: Step, steps: int, device: torch.device) -> int:
             step()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
-    base = _status_bytes('VmRSS')
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # resets VmHWM to the current RSS
+    # read after the reset: memory freed in between would make it negative
+    base = _status_bytes('VmRSS')
     for _ in range(steps):
         step()
     return _status_bytes('VmHWM') - base
