@@ -82,17 +82,28 @@ class CfgOptionsAction(DictAction):
     that string verbatim (``"KEY='a,b'"`` in the shell); a value without
     commas or brackets is one value, spaces kept; lists parse as in
     mmengine, and one whose element holds a space, which mmengine would
-    drop, is refused. Bad items are usage errors, not tracebacks.
+    drop, is refused. An empty value (``load_from=``, mostly a shell
+    variable that was not set) and unbalanced brackets are refused too.
+    Bad items are usage errors naming the item, not tracebacks.
     """
 
     # DictAction.__call__ parses each value with self._parse_iterable
     # (mmengine 0.10.7): its one hook, no public one.
     @staticmethod
     def _parse_iterable(val: str) -> Any:
+        if not val:
+            raise ValueError(
+                'the value is empty; write KEY=None for None, or '
+                '"KEY=\'\'" for an empty string')
         if len(val) > 1 and val[0] == val[-1] and val[0] in '\'"':
             return val[1:-1]
         if ',' not in val and not val.startswith(('[', '(')):
             return DictAction._parse_int_float_bool(val)
+        if (val.count('[') != val.count(']')
+                or val.count('(') != val.count(')')):
+            raise ValueError(
+                'unbalanced brackets: a list is [a,b] or (a,b); quote the '
+                'value for a string ("KEY=\'[a\'")')
         if re.search(r'[^\s,()\[\]]\s+[^\s,()\[\]]', val):
             raise ValueError(
                 f'a list element of {val!r} has a space, which the list '
@@ -101,13 +112,14 @@ class CfgOptionsAction(DictAction):
         return DictAction._parse_iterable(val)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        try:
-            for item in values:
-                if '=' not in item:
-                    raise ValueError(f'expected KEY=VALUE, got {item!r}')
-            super().__call__(parser, namespace, values, option_string)
-        except ValueError as error:
-            parser.error(f'{option_string}: {error}')
+        for item in values:
+            if '=' not in item:
+                parser.error(
+                    f'{option_string}: expected KEY=VALUE, got {item!r}')
+            try:
+                super().__call__(parser, namespace, [item], option_string)
+            except ValueError as error:
+                parser.error(f'{option_string} {item}: {error}')
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

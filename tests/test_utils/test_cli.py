@@ -73,6 +73,28 @@ def test_an_item_without_a_value_is_a_usage_error(capsys):
             "'model.backbone'") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('item, message', [
+    ('train_cfg.max_iters=[1,2',
+     "--cfg-options train_cfg.max_iters=[1,2: unbalanced brackets: a list is "
+     "[a,b] or (a,b); quote the value for a string (\"KEY='[a'\")"),
+    ('load_from=', "--cfg-options load_from=: the value is empty; write "
+     "KEY=None for None, or \"KEY=''\" for an empty string"),
+    ('train_cfg.max_iters=', '--cfg-options train_cfg.max_iters=: the value '
+     'is empty'),
+])
+def test_unbalanced_or_empty_values_are_usage_errors(item, message, capsys):
+    """mmengine asserts on the brackets (a traceback) and reads an empty
+    value as '', which fails only after the whole build."""
+    with pytest.raises(SystemExit) as exit:
+        _cfg_options('a=1', item)
+    assert exit.value.code == 2
+    assert f'tool: error: {message}' in capsys.readouterr().err
+
+
+def test_empty_string_and_none_are_given_explicitly():
+    assert _cfg_options("a=''", 'b=None') == {'a': '', 'b': None}
+
+
 # Paths as positionals or options ---------------------------------------------
 
 
