@@ -5,7 +5,9 @@ are counted by tools/analysis/get_flops.py.
 To keep the iteration cheap on a CPU it runs on one image (batch 1) padded to
 8 x 8 patches instead of the config's crop: the test shrinks the data
 preprocessor's ``size`` and nothing else. Backbone weights are random
-(``pretrained=None``): there is no network here.
+(``pretrained=None``): there is no network here. Of the DINOv3 configs only
+ViT-S/16 on ADE20K (full and frozen) trains here; the others build (on the
+meta device) in the FLOPs test.
 """
 from pathlib import Path
 
@@ -34,7 +36,18 @@ FAMILIES = {
     'eva02-b14': 'eva02_base_patch14_224.mim_in22k',
     'deit3-s16': 'deit3_small_patch16_384.fb_in22k_ft_in1k',
     'deit3-b16': 'deit3_base_patch16_384.fb_in22k_ft_in1k',
+    'dinov3-s16': 'vit_small_patch16_dinov3.lvd1689m',
+    'dinov3-b16': 'vit_base_patch16_dinov3.lvd1689m',
+    'dinov3-l16': 'vit_large_patch16_dinov3.lvd1689m',
 }
+# the frozen recipes: the whole backbone frozen, the head-only learning rate
+FROZEN = {f'{family}-frozen': FAMILIES[family] for family in FAMILIES
+          if family.startswith('dinov3')}
+TRAINED_CONFIGS = [
+    n for n in TIMM_CONFIGS
+    if not n.startswith('regproxy-dinov3') or (
+        n.startswith('regproxy-dinov3-s16') and n.endswith('ade20k.py'))
+]
 
 
 def load(name: str) -> Config:
@@ -48,17 +61,18 @@ def family_of(name: str) -> str:
 
 def test_every_family_on_both_datasets():
     found = {(family_of(n), n.split('+')[-1][:-3]) for n in TIMM_CONFIGS}
-    assert len(TIMM_CONFIGS) == len(found) == 12
+    assert len(TIMM_CONFIGS) == len(found) == 24
     datasets = ('ade20k', 'cityscapes')
-    assert found == {(f, d) for f in FAMILIES for d in datasets}
+    assert found == {(f, d) for f in {**FAMILIES, **FROZEN} for d in datasets}
 
 
 @pytest.mark.parametrize('name', TIMM_CONFIGS)
 def test_published_recipe(name):
     cfg = load(name)
     backbone = cfg.model.backbone
+    family = family_of(name)
     assert backbone.type == 'TimmRegionProxyViT'
-    assert backbone.model_name == FAMILIES[family_of(name)]
+    assert backbone.model_name == {**FAMILIES, **FROZEN}[family]
     assert backbone.pretrained == 'timm'
     assert backbone.drop_path_rate == 0.1
     # the dataset's crop, padded to whole patches everywhere the model sees it
@@ -69,7 +83,9 @@ def test_published_recipe(name):
     assert tuple(cfg.model.data_preprocessor.size) == size
     assert cfg.model.test_cfg.mode == 'slide'
     assert tuple(cfg.model.test_cfg.crop_size) == size
-    assert tuple(cfg.model.test_cfg.stride) == (512, 512)
+    # the published ViT-L/16 slides 640 windows by 640 on ADE20K
+    stride = 640 if size == (640, 640) else 512
+    assert tuple(cfg.model.test_cfg.stride) == (stride, stride)
     # the weights' own normalisation
     weights_cfg = timm.models.get_pretrained_cfg(backbone.model_name)
     preprocessor = cfg.model.data_preprocessor
@@ -78,17 +94,28 @@ def test_published_recipe(name):
     assert preprocessor.std == pytest.approx(
         [255 * v for v in weights_cfg.std], abs=1e-3)
     cityscapes = 'cityscapes' in name
-    assert tuple(backbone.out_indices) == ((2, 11) if cityscapes else (4, 11))
+    large = family.split('-')[1] == 'l16'
+    # the published mid layers: 4 / 2 of 12, and ViT-L/16's 9 / 5 of 24 (at
+    # 640 on ADE20K)
+    mid = {(False, False): 4, (True, False): 2, (False, True): 9,
+           (True, True): 5}[cityscapes, large]
+    assert tuple(backbone.out_indices) == (mid, 23 if large else 11)
+    assert crop == ((768, 768) if cityscapes else
+                    (640, 640) if large else (512, 512))
     assert cfg.model.decode_head.num_classes == (19 if cityscapes else 150)
     assert tuple(cfg.model.decode_head.region_res) == (4, 4)
     assert cfg.model.decode_head.norm_cfg.type == 'SyncBN'
-    # the published schedules: S poly, B cosine with restarts
-    assert cfg.optim_wrapper.optimizer.lr == 6e-5
+    # the published schedules: S poly, B and L cosine with restarts; frozen
+    # backbones train the head alone, at its own learning rate
+    frozen = family in FROZEN
+    assert backbone.get('frozen_stages', -1) == (
+        (24 if large else 12) if frozen else -1)
+    assert cfg.optim_wrapper.optimizer.lr == (1e-3 if frozen else 6e-5)
     assert cfg.train_dataloader.batch_size == 2
     assert cfg.train_cfg.max_iters == (80000 if cityscapes else 160000)
     assert cfg.train_cfg.val_interval == (2000 if cityscapes else 4000)
     schedulers = [s.type for s in cfg.param_scheduler]
-    cosine = family_of(name).split('-')[1].startswith('b')  # ViT-B
+    cosine = family.split('-')[1][0] in 'bl'  # ViT-B, ViT-L
     assert ('-cr+' in name) == cosine
     assert schedulers == [
         'LinearLR', 'CosineRestartLR' if cosine else 'PolyLR'
@@ -107,7 +134,7 @@ def one_batch(size: int, num_classes: int):
     return dict(inputs=[image], data_samples=[sample])
 
 
-@pytest.mark.parametrize('name', TIMM_CONFIGS + [SHAPES_CONFIG])
+@pytest.mark.parametrize('name', TRAINED_CONFIGS + [SHAPES_CONFIG])
 def test_one_training_iteration(name):
     cfg = load(name)
     torch.manual_seed(0)
@@ -122,21 +149,32 @@ def test_one_training_iteration(name):
     loss, _ = model.parse_losses(model(**data, mode='loss'))
     assert torch.isfinite(loss)
     loss.backward()
-    without = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not without  # DDP (find_unused_parameters=False) needs them all
+    without = {n for n, p in model.named_parameters() if p.grad is None}
+    # DDP (find_unused_parameters=False) needs them all, but for the frozen
+    # ones (which it leaves out, as they do not require grad)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert without == frozen
+    if family_of(name) in FROZEN:
+        assert frozen == {n for n, _ in model.named_parameters()
+                          if n.startswith('backbone.')}
     before = model.decode_head.mlp[0][0].weight.detach().clone()
     optim_wrapper.step()
     assert not torch.equal(before, model.decode_head.mlp[0][0].weight)
-    # no weight decay on position embedding, prefix tokens and norms
+    # no weight decay on position embedding, prefix tokens and norms; the
+    # optimizer does not hold frozen weights at all
     decay = {
         id(p): group['weight_decay']
         for group in optim_wrapper.optimizer.param_groups
         for p in group['params']
     }
     vit = model.backbone.vit
-    no_decay = [vit.pos_embed, vit.cls_token, vit.norm.weight]
-    if getattr(vit, 'reg_token', None) is not None:
-        no_decay.append(vit.reg_token)
+    assert not any(id(p) in decay for p in vit.parameters()
+                   if not p.requires_grad)
+    if frozen:
+        return
+    no_decay = [vit.pos_embed, vit.cls_token, vit.norm.weight,
+                getattr(vit, 'reg_token', None)]
+    no_decay = [p for p in no_decay if p is not None]  # DINOv3: no pos_embed
     assert [decay[id(p)] for p in no_decay] == [0.] * len(no_decay)
     assert decay[id(vit.blocks[0].mlp.fc2.weight)] > 0
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
+import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
@@ -23,6 +24,7 @@ from mmseg.registry import MODELS
 from ..utils.safe_checkpoint_loader import (CheckpointError,
                                             check_state_dict_fits,
                                             load_checkpoint_file)
+from .frozen_stages import check_frozen_stages
 
 __all__ = ['TimmRegionProxyViT']
 
@@ -94,6 +96,14 @@ class TimmRegionProxyViT(BaseModule):
             layer (timm's rule). Default: 0.
         timm_kwargs (dict, optional): more ``timm.create_model`` arguments
             (e.g. ``depth=4`` for a small model), except those set here.
+        frozen_stages (int): the frozen prefix, as in mmpretrain's ViT: -1
+            freezes nothing; 0 timm's stem (patch embedding, position or
+            rotary embedding, class/register/distillation tokens, pre-norm);
+            N also the first N blocks; ``num_layers`` the whole model, final
+            norm included. Frozen parts do not require grad and stay in eval
+            mode through ``train()`` (no dropout, no drop path); autograd
+            records nothing for them, so their activations are not kept (a
+            wholly frozen model runs under ``torch.no_grad``). Default: -1.
         init_cfg (None): not supported; weights come from ``pretrained``.
 
     Attributes:
@@ -109,6 +119,7 @@ class TimmRegionProxyViT(BaseModule):
                  pretrained: Optional[str] = None,
                  drop_path_rate: float = 0.,
                  timm_kwargs: Optional[Dict[str, Any]] = None,
+                 frozen_stages: int = -1,
                  init_cfg: Optional[dict] = None):
         if init_cfg is not None:
             raise ValueError(f'init_cfg={init_cfg!r}: TimmRegionProxyViT '
@@ -172,6 +183,33 @@ class TimmRegionProxyViT(BaseModule):
                 'before the first layer)')
         self.out_indices = tuple(out_indices)
         self.pretrained = pretrained
+        check_frozen_stages(frozen_stages, self.num_layers)
+        self.frozen_stages = frozen_stages
+        for param in self.frozen_parameters():
+            param.requires_grad_(False)
+
+    def frozen_modules(self) -> List[nn.Module]:
+        """The modules of the first ``frozen_stages`` stages (stem, then
+        blocks; with all blocks the final norm too), in the order they run."""
+        if self.frozen_stages < 0:
+            return []
+        # timm registers the stem's modules before the blocks and the final
+        # norm (and the unused pooling/classifier) after them
+        children = [module for _, module in self.vit.named_children()]
+        split = children.index(self.vit.blocks)
+        modules = children[:split] + list(self.vit.blocks[:self.frozen_stages])
+        if self.frozen_stages == self.num_layers:
+            modules += children[split + 1:]
+        return modules
+
+    def frozen_parameters(self) -> List[nn.Parameter]:
+        """The parameters of :meth:`frozen_modules`, with the position
+        embedding and the class/register/distillation tokens."""
+        if self.frozen_stages < 0:
+            return []
+        return list(self.vit.parameters(recurse=False)) + [
+            p for m in self.frozen_modules() for p in m.parameters()
+        ]
 
     def init_weights(self):
         """Load ``pretrained``; with None, keep the weights timm drew."""
@@ -237,18 +275,28 @@ class TimmRegionProxyViT(BaseModule):
         """(B, 3, H, W) -> one (B, C, ceil(H/p), ceil(W/p)) map per index
         in ``out_indices``."""
         indices = sorted(set(self.out_indices))
-        tokens = self.vit.forward_intermediates(
-            x,
-            indices=indices,
-            output_fmt='NLC',
-            intermediates_only=True,
-            stop_early=True)
-        maps = dict(zip(indices, tokens))  # (B, h*w, C), prefix dropped
-        last = self.num_layers - 1
-        if last in maps:
-            maps[last] = self.vit.norm(maps[last])
+        # timm runs every block in one call; for a frozen prefix autograd
+        # records nothing anyway (no input of it requires grad)
+        trainable = self.frozen_stages < self.num_layers
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            tokens = self.vit.forward_intermediates(
+                x,
+                indices=indices,
+                output_fmt='NLC',
+                intermediates_only=True,
+                stop_early=True)
+            maps = dict(zip(indices, tokens))  # (B, h*w, C), prefix dropped
+            last = self.num_layers - 1
+            if last in maps:
+                maps[last] = self.vit.norm(maps[last])
         h, w = self.vit.patch_embed.dynamic_feat_size(x.shape[-2:])
         return [
             maps[i].transpose(1, 2).reshape(x.shape[0], -1, h, w)
             for i in self.out_indices
         ]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self

@@ -24,6 +24,7 @@ from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
 from ..utils.checkpoint_filter import checkpoint_filter_fn
 from ..utils.safe_checkpoint_loader import (check_state_dict_fits,
                                             load_checkpoint_file)
+from .frozen_stages import check_frozen_stages
 from .hybrid_embed import HYBRID_STEMS, HybridPatchEmbed
 
 __all__ = ['RegionProxyViT']
@@ -179,6 +180,14 @@ class RegionProxyViT(BaseModule):
             (and each hybrid-stem stage's) input in training and recompute
             the layer in backward; less memory, about a third more compute.
             Default: False.
+        frozen_stages (int): the frozen prefix, as in mmpretrain's ViT: -1
+            freezes nothing; 0 the patch embedding (or hybrid stem), the
+            position embedding and the cls/dist tokens; N also the first N
+            layers; ``num_layers`` the whole backbone, ``ln1`` included.
+            Frozen parts do not require grad, stay in eval mode through
+            ``train()`` (no dropout, no drop path) and build no autograd
+            graph (the embedding runs under ``torch.no_grad``), so their
+            activations are not kept. Default: -1.
         pretrained (str, optional): timm/DeiT/mmseg checkpoint of the
             backbone, converted on load (see ``checkpoint_filter_fn``).
         init_cfg (dict, optional): mmengine init config; a ``Pretrained``
@@ -208,6 +217,7 @@ class RegionProxyViT(BaseModule):
                  embed_type: Optional[str] = None,
                  fused_attn: bool = True,
                  with_cp: bool = False,
+                 frozen_stages: int = -1,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
         if pretrained is not None:
@@ -225,6 +235,7 @@ class RegionProxyViT(BaseModule):
                 raise ValueError(f'{name} must be positive, got {value}')
         if num_layers < 0:
             raise ValueError(f'num_layers must be >= 0, got {num_layers}')
+        check_frozen_stages(frozen_stages, num_layers)
         if isinstance(out_indices, int):
             out_indices = (out_indices, )
         for index in out_indices:
@@ -280,6 +291,9 @@ class RegionProxyViT(BaseModule):
         self.final_norm = final_norm
         if final_norm:
             self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.frozen_stages = frozen_stages
+        for param in self.frozen_parameters():
+            param.requires_grad_(False)
 
     @property
     def fused_attn(self) -> bool:
@@ -289,6 +303,27 @@ class RegionProxyViT(BaseModule):
     def fused_attn(self, value: bool):
         for layer in self.layers:
             layer.attn.fused_attn = value
+
+    def frozen_modules(self) -> List[nn.Module]:
+        """The modules of the first ``frozen_stages`` stages (embedding,
+        then layers), in the order they run."""
+        if self.frozen_stages < 0:
+            return []
+        modules = [self.patch_embed, self.drop_after_pos]
+        modules += self.layers[:self.frozen_stages]
+        if self.frozen_stages == len(self.layers) and self.final_norm:
+            modules.append(self.ln1)
+        return modules
+
+    def frozen_parameters(self) -> List[nn.Parameter]:
+        """The parameters of :meth:`frozen_modules`, with the position
+        embedding and the prefix tokens."""
+        if self.frozen_stages < 0:
+            return []
+        tokens = [self.pos_embed, self.cls_token, self.dist_token]
+        return [p for p in tokens if p is not None] + [
+            p for m in self.frozen_modules() for p in m.parameters()
+        ]
 
     def init_weights(self):
         if self.init_cfg is not None and self.init_cfg.get(
@@ -357,9 +392,13 @@ class RegionProxyViT(BaseModule):
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """(B, in_channels, H, W) -> one (B, C, H/p, W/p) map per out index."""
-        x = self.patch_embed(x)
-        B, C, h, w = x.shape
-        x = self._pos_embed(x.flatten(2).transpose(1, 2), (h, w))
+        # A frozen embedding runs under no_grad; then no input of the frozen
+        # layers requires grad, and autograd records nothing for them either.
+        with torch.set_grad_enabled(torch.is_grad_enabled()
+                                    and self.frozen_stages < 0):
+            x = self.patch_embed(x)
+            B, C, h, w = x.shape
+            x = self._pos_embed(x.flatten(2).transpose(1, 2), (h, w))
         num_prefix = self.num_prefix_tokens
         if not self.with_cls_token:
             x, num_prefix = x[:, num_prefix:], 0
@@ -369,7 +408,9 @@ class RegionProxyViT(BaseModule):
 
         outs = {-1: token_map(x)} if -1 in self.out_indices else {}
         for i, layer in enumerate(self.layers):
-            if self.with_cp and x.requires_grad:
+            # (not x.requires_grad: after frozen layers it is False, but the
+            # layer's weights need the recomputation all the same)
+            if self.with_cp and torch.is_grad_enabled():
                 # The RNG state is restored for the recomputation, so drop
                 # path and dropout draw the same masks.
                 x = cp.checkpoint(layer, x, use_reentrant=False)
@@ -388,4 +429,6 @@ class RegionProxyViT(BaseModule):
                 if isinstance(m, (nn.LayerNorm, nn.GroupNorm,
                                   nn.modules.batchnorm._BatchNorm)):
                     m.eval()
+        for m in self.frozen_modules():
+            m.eval()
         return self

@@ -28,6 +28,7 @@ FAMILIES = {
     'dinov2': 'vit_small_patch14_dinov2',
     'dinov2-reg4': 'vit_small_patch14_reg4_dinov2',  # + 4 registers
     'eva02': 'eva02_small_patch14_224',  # rotary embedding, fc_norm
+    'dinov3': 'vit_small_patch16_dinov3',  # DINOv3's rotary embedding, reg4
 }
 OUT_INDICES = (4, 11)
 ODD_SIZE = (59, 87)  # padded by timm to 70 x 98 (p 14) or 64 x 96 (p 16)
