@@ -1,5 +1,5 @@
 import difflib
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +13,9 @@ from mmseg.utils import OptSampleList, SampleList
 __all__ = ['PaddedSlideEncoderDecoder', 'argmax_by_chunks']
 
 # Elements of the resized logits of one chunk of classes (``c x H x W``) in
-# predict() with ``test_cfg.return_logits=False``: 16 MiB of float32.
-CHUNK_ELEMENTS = 2**22
+# predict() with ``test_cfg.return_logits=False``: 64 MiB of float32, where
+# merging the chunks' maxima costs as much as one argmax of all classes.
+CHUNK_ELEMENTS = 2**24
 
 
 def _as_tuple(value) -> tuple:
@@ -22,31 +23,35 @@ def _as_tuple(value) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else (value, )
 
 
-def argmax_by_chunks(num_classes: int, chunk: int,
-                     scores: Callable[[int, int], torch.Tensor]
-                     ) -> torch.Tensor:
+def argmax_by_chunks(
+        num_classes: int, chunk: int,
+        scores: Callable[[int, int], Sequence[torch.Tensor]]
+) -> List[torch.Tensor]:
     """Argmax over the classes of scores computed ``chunk`` classes at a
-    time: the same as ``scores(0, num_classes).argmax(0)``, ties and NaNs
+    time, for each of a batch of images: the same as
+    ``[s.argmax(0) for s in scores(0, num_classes)]``, ties and NaNs
     included (the first largest, or the first NaN, wins).
 
     Args:
         num_classes (int): K.
         chunk (int): classes per call of ``scores``.
-        scores (Callable): ``scores(k0, k1)`` -> (k1 - k0, H, W) scores of
-            the classes ``k0:k1``.
+        scores (Callable): ``scores(k0, k1)`` -> one (k1 - k0, H, W) tensor
+            per image, the scores of the classes ``k0:k1``.
 
     Returns:
-        Tensor: (H, W) int64 class indices.
+        list[Tensor]: (H, W) int64 class indices of every image.
     """
     best = index = None
     for k0 in range(0, num_classes, chunk):
-        values, indices = scores(k0, min(k0 + chunk, num_classes)).max(0)
+        maxima = [s.max(0) for s in scores(k0, min(k0 + chunk, num_classes))]
         if best is None:
-            best, index = values, indices
+            best, index = map(list, zip(*maxima))
             continue
-        better = (values > best) | (values.isnan() & ~best.isnan())
-        best = torch.where(better, values, best)
-        index = torch.where(better, indices + k0, index)
+        for i, (values, indices) in enumerate(maxima):
+            better = (values > best[i]) | (values.isnan()
+                                           & ~best[i].isnan())
+            best[i] = torch.where(better, values, best[i])
+            index[i] = torch.where(better, indices + k0, index[i])
     return index
 
 
@@ -64,12 +69,15 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
     map only (scoring with ``IoUMetric`` or ``CityscapesMetric``, label maps
     written by ``--out``, pictures of the predictions): ``predict()`` then
     fills ``pred_sem_seg`` alone, without the (K, H, W) ``seg_logits`` of
-    every image. It resizes the logits to the image (and, from a whole
-    image, from the head's output) a few classes at a time and keeps a
-    running argmax; the class map is identical to mmseg's. The default
-    (True) keeps mmseg's ``seg_logits``, which test-time augmentation
-    (``SegTTAModel``) averages. ``inference()``, ``encode_decode()`` and
-    the slide and whole inferences return the logits either way.
+    every image. It keeps the head's low-resolution logits (of the image,
+    or of every slide window), resizes them to the image a few classes at a
+    time and keeps a running argmax; the class map is identical to mmseg's.
+    Ask for it in the config (``model.test_cfg.return_logits=False``, also
+    through ``--cfg-options``) or on a built model
+    (``model.test_cfg.return_logits = False``). The default (True) keeps
+    mmseg's ``seg_logits``, which test-time augmentation (``SegTTAModel``)
+    averages. ``inference()``, ``encode_decode()`` and the slide and whole
+    inferences return the logits either way.
 
     Args:
         **kwargs: ``EncoderDecoder`` arguments. The backbone's
@@ -146,25 +154,57 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
     def slide_inference(self, inputs: torch.Tensor,
                         batch_img_metas: List[dict]) -> torch.Tensor:
         """(B, C, H, W) normalised images -> (B, K, H, W) seg logits."""
+        windows = self.window_logits(inputs, batch_img_metas)
+        return self.merge_windows(windows, inputs.shape, batch_img_metas, 0,
+                                  self.out_channels)
+
+    def window_logits(self, inputs: torch.Tensor,
+                      batch_img_metas: List[dict]) -> List[tuple]:
+        """The head's logits of every slide window, zero-padded to the
+        crop size (``batch_img_metas[0]['img_shape']`` becomes that size,
+        as in mmseg's ``slide_inference``).
+
+        Returns:
+            list[tuple]: ``((y1, y2, x1, x2), logits)`` per window: where
+            it lies in the image and its (B, K, h, w) logits.
+        """
         h_stride, w_stride = self.test_cfg.stride
         h_crop, w_crop = self.test_cfg.crop_size
-        B, _, h_img, w_img = inputs.shape
+        h_img, w_img = inputs.shape[2:]
         h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
         w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
-        preds = inputs.new_zeros((B, self.out_channels, h_img, w_img))
-        count = inputs.new_zeros((1, 1, h_img, w_img))
+        windows = []
         for h_idx in range(h_grids):
             for w_idx in range(w_grids):
                 y2 = min(h_idx * h_stride + h_crop, h_img)
                 x2 = min(w_idx * w_stride + w_crop, w_img)
                 y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
                 window = inputs[:, :, y1:y2, x1:x2]
-                h, w = window.shape[2:]
-                window = F.pad(window, (0, w_crop - w, 0, h_crop - h))
+                window = F.pad(window, (0, w_crop - (x2 - x1), 0,
+                                        h_crop - (y2 - y1)))
                 batch_img_metas[0]['img_shape'] = window.shape[2:]
-                logits = self.encode_decode(window, batch_img_metas)
-                preds[:, :, y1:y2, x1:x2] += logits[:, :, :h, :w]
-                count[:, :, y1:y2, x1:x2] += 1
+                logits = self.decode_head(self.extract_feat(window))
+                windows.append(((y1, y2, x1, x2), logits))
+        return windows
+
+    def merge_windows(self, windows: List[tuple], image_shape: Sequence[int],
+                      batch_img_metas: List[dict], k0: int,
+                      k1: int) -> torch.Tensor:
+        """Classes ``k0:k1`` of the :meth:`window_logits` resized to the
+        crop, cut back to their windows and averaged where they overlap.
+
+        Returns:
+            Tensor: (B, k1 - k0, H, W) seg logits of the image.
+        """
+        B, _, h_img, w_img = image_shape
+        logits = windows[0][1]
+        preds = logits.new_zeros((B, k1 - k0, h_img, w_img))
+        count = logits.new_zeros((1, 1, h_img, w_img))
+        for (y1, y2, x1, x2), logits in windows:
+            logits = self.decode_head.predict_by_feat(logits[:, k0:k1],
+                                                      batch_img_metas)
+            preds[:, :, y1:y2, x1:x2] += logits[:, :, :y2 - y1, :x2 - x1]
+            count[:, :, y1:y2, x1:x2] += 1
         return preds.div_(count)  # in place: no second (B, K, H, W) tensor
 
     def predict(self,
@@ -190,27 +230,36 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
             ] * inputs.shape[0]
         else:
             batch_img_metas = [sample.metainfo for sample in data_samples]
-        slide = self.test_cfg.get('mode', 'whole') == 'slide'
-        if slide:
-            logits = self.inference(inputs, batch_img_metas)
-        else:  # the head's logits, resized to the input chunk by chunk
-            logits = self.decode_head(self.extract_feat(inputs))
-        samples = data_samples or [SegDataSample() for _ in logits]
-        for i, sample in enumerate(samples):
+        if self.test_cfg.get('mode', 'whole') == 'slide':
+            windows = self.window_logits(inputs, batch_img_metas)
 
-            def scores(k0, k1, i=i):
-                part = logits[i:i + 1, k0:k1]
-                if not slide:
-                    part = self.decode_head.predict_by_feat(
-                        part, batch_img_metas)
-                if data_samples is None:  # as mmseg: the input's size
-                    return part[0]
-                return self.restore_image_logits(part, batch_img_metas[i])
+            def image_logits(k0, k1):
+                return self.merge_windows(windows, inputs.shape,
+                                          batch_img_metas, k0, k1)
+        else:
+            head_logits = self.decode_head(self.extract_feat(inputs))
 
-            ori_h, ori_w = batch_img_metas[i]['ori_shape'][:2]
-            pixels = max(inputs.shape[2] * inputs.shape[3], ori_h * ori_w)
-            chunk = max(1, CHUNK_ELEMENTS // pixels)
-            pred = argmax_by_chunks(self.out_channels, chunk, scores)
+            def image_logits(k0, k1):
+                return self.decode_head.predict_by_feat(
+                    head_logits[:, k0:k1], batch_img_metas)
+
+        def scores(k0, k1):
+            logits = image_logits(k0, k1)
+            if data_samples is None:  # as mmseg: the input's size
+                return list(logits)
+            return [
+                self.restore_image_logits(logits[i:i + 1], meta)
+                for i, meta in enumerate(batch_img_metas)
+            ]
+
+        pixels = max([inputs.shape[2] * inputs.shape[3]] + [
+            meta['ori_shape'][0] * meta['ori_shape'][1]
+            for meta in batch_img_metas
+        ])
+        chunk = max(1, CHUNK_ELEMENTS // (len(inputs) * pixels))
+        samples = data_samples or [SegDataSample() for _ in inputs]
+        for sample, pred in zip(
+                samples, argmax_by_chunks(self.out_channels, chunk, scores)):
             sample.set_data({'pred_sem_seg': PixelData(data=pred[None])})
         return samples
 
@@ -219,7 +268,9 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
         """(1, c, H, W) logits of an input -> (c, h, w) logits of its
         original image: the padding cut off, the flip undone and the
         logits resized to ``meta['ori_shape']``, as mmseg 1.2.2's
-        ``postprocess_result`` does.
+        ``postprocess_result`` does. Logits already of that size are
+        returned as they are: a bilinear resize to the same size copies
+        finite values unchanged (and costs a third of the time here).
         """
         padding = meta.get('img_padding_size',
                            meta.get('padding_size', [0] * 4))
@@ -233,6 +284,7 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
                                  "meta: expected 'horizontal' or 'vertical'")
             logits = logits.flip(dims=(3, ) if direction == 'horizontal'
                                  else (2, ))
-        return resize(logits, size=meta['ori_shape'], mode='bilinear',
-                      align_corners=self.align_corners,
-                      warning=False).squeeze(0)
+        if tuple(logits.shape[2:]) != tuple(meta['ori_shape'][:2]):
+            logits = resize(logits, size=meta['ori_shape'], mode='bilinear',
+                            align_corners=self.align_corners, warning=False)
+        return logits[0]

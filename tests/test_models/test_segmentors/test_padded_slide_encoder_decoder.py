@@ -98,35 +98,41 @@ def test_inconsistent_model_config_fails_at_build(change, message):
         MODELS.build(cfg)
 
 
-def image_samples(flips):
-    """Samples of images padded to 70x90 and scaled from 50x61."""
-    return [
+def image_samples():
+    """Samples of 70x90 inputs: scaled from 50x61 and padded (one flipped),
+    or at their original size."""
+    scaled = [
         SegDataSample(metainfo=dict(
             img_shape=(66, 85), pad_shape=(70, 90), ori_shape=(50, 61),
             padding_size=[0, 5, 0, 4], flip=flip is not None,
-            flip_direction=flip)) for flip in flips
+            flip_direction=flip)) for flip in (None, 'vertical')
     ]
+    original = SegDataSample(metainfo=dict(
+        img_shape=(70, 90), pad_shape=(70, 90), ori_shape=(70, 90)))
+    return scaled + [original]
 
 
 @pytest.mark.parametrize('mode', ['whole', 'slide'])
 def test_class_map_only_predicts_mmseg_labels_without_logits(
         mode, monkeypatch):
     model = tiny_segmentor(mode=mode, num_classes=7)
-    inputs = torch.randn(2, 3, 70, 90)
+    inputs = torch.randn(3, 3, 70, 90)
     with torch.no_grad():
-        expected = model.predict(inputs, image_samples([None, 'vertical']))
+        expected = model.predict(inputs, image_samples())
         expected += model.predict(inputs)
         model.test_cfg.return_logits = False
         # 3 classes per chunk: chunks of 3, 3 and 1.
-        monkeypatch.setattr(segmentor_module, 'CHUNK_ELEMENTS', 3 * 70 * 90)
-        samples = model.predict(inputs, image_samples([None, 'vertical']))
+        monkeypatch.setattr(segmentor_module, 'CHUNK_ELEMENTS',
+                            3 * 3 * 70 * 90)
+        samples = model.predict(inputs, image_samples())
         samples += model.predict(inputs)
     for ours, reference in zip(samples, expected):
         assert 'seg_logits' not in ours and 'seg_logits' in reference
         assert torch.equal(ours.pred_sem_seg.data,
                            reference.pred_sem_seg.data)
     assert samples[0].pred_sem_seg.shape == (50, 61)
-    assert samples[2].pred_sem_seg.shape == (70, 90)
+    assert samples[2].pred_sem_seg.shape == samples[3].pred_sem_seg.shape
+    assert samples[3].pred_sem_seg.shape == (70, 90)
 
 
 def test_argmax_by_chunks_keeps_the_first_largest_and_nan():
@@ -135,7 +141,7 @@ def test_argmax_by_chunks_keeps_the_first_largest_and_nan():
                            [0., 0., 0., 0., 0.]]).T[:, :, None]
     expected = scores.argmax(0)
     for chunk in (1, 2, 3, 5):
-        index = argmax_by_chunks(5, chunk, lambda k0, k1: scores[k0:k1])
+        index, = argmax_by_chunks(5, chunk, lambda k0, k1: [scores[k0:k1]])
         assert torch.equal(index, expected), chunk
     assert expected.flatten().tolist() == [1, 1, 0]
 
