@@ -1,7 +1,9 @@
 from .loading import (CheckedLoadAnnotations, CheckedLoadImageFromFile,
-                      is_truncated, to_class_ids, use_checked_loaders)
+                      exif_orientation, is_truncated, size_mismatch_hint,
+                      to_class_ids, unturned_flag, use_checked_loaders)
 
 __all__ = [
-    'CheckedLoadAnnotations', 'CheckedLoadImageFromFile', 'is_truncated',
-    'to_class_ids', 'use_checked_loaders'
+    'CheckedLoadAnnotations', 'CheckedLoadImageFromFile', 'exif_orientation',
+    'is_truncated', 'size_mismatch_hint', 'to_class_ids', 'unturned_flag',
+    'use_checked_loaders'
 ]

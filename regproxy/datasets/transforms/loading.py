@@ -6,10 +6,15 @@ without looking at them: a 16-bit label of 300 silently becomes 44, and a
 class id past ``num_classes`` surfaces as an index error in the loss, or as
 a device-side assert on a GPU, without a file name. These loaders check
 while the file name is at hand.
+
+Images are read as stored, without the turn of their EXIF orientation tag
+that mmcv's ``'color'`` flag applies (cv2 and pillow backends): label maps
+(ADE20K's, Cityscapes', mmseg's datasets') are stored unturned, so turning
+the image alone would misalign the two.
 """
 import io
 import logging
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import mmcv
 import numpy as np
@@ -21,13 +26,69 @@ from mmseg.registry import TRANSFORMS
 from PIL import Image
 
 __all__ = [
-    'CheckedLoadImageFromFile', 'CheckedLoadAnnotations', 'is_truncated',
-    'to_class_ids', 'use_checked_loaders'
+    'CheckedLoadImageFromFile', 'CheckedLoadAnnotations', 'exif_orientation',
+    'is_truncated', 'size_mismatch_hint', 'to_class_ids',
+    'use_checked_loaders', 'unturned_flag'
 ]
 
 _JPEG_START, _JPEG_END = b'\xff\xd8', b'\xff\xd9'
 _PNG_START = b'\x89PNG\r\n\x1a\n'
 _PNG_END = b'IEND\xaeB`\x82'  # the IEND chunk's type and CRC
+_ORIENTATION_TAG = 0x0112  # EXIF orientation; 1: as stored
+# The mmcv flags that decode like 'color' / 'grayscale' minus the EXIF turn.
+_UNTURNED_FLAGS = {
+    'color': 'color_ignore_orientation',
+    'grayscale': 'grayscale_ignore_orientation'
+}
+# mmcv's decoders that apply the tag (turbojpeg and tifffile never do).
+_TURNING_BACKENDS = ('cv2', 'pillow')
+
+
+def unturned_flag(flag: str, backend: Optional[str]) -> str:
+    """The mmcv decoding flag that reads an image as stored, ignoring its
+    EXIF orientation tag.
+
+    Args:
+        flag (str): a ``LoadImageFromFile`` ``color_type``.
+        backend (str, optional): its ``imdecode_backend``.
+    """
+    if backend not in _TURNING_BACKENDS:
+        return flag
+    return _UNTURNED_FLAGS.get(flag, flag)
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag of an image file's data (1, as stored,
+    when it has none or cannot be parsed): 2-4 mirror or turn it by 180
+    degrees, 5-8 turn it by 90 degrees (height and width swap).
+
+    Args:
+        data (bytes): the file's content.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.getexif().get(_ORIENTATION_TAG, 1))
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return 1
+
+
+def size_mismatch_hint(data: bytes, image_shape: Sequence[int],
+                       label_shape: Sequence[int]) -> str:
+    """A sentence on the EXIF tag of an image whose label map has its
+    sides swapped, for a size-mismatch message; '' otherwise.
+
+    Args:
+        data (bytes): the image file's content.
+        image_shape (Sequence[int]): (H, W) of the image as stored.
+        label_shape (Sequence[int]): (H, W) of its label map.
+    """
+    orientation = exif_orientation(data)
+    if orientation < 5 or tuple(label_shape) != tuple(image_shape)[::-1]:
+        return ''
+    return (f' The image has EXIF orientation {orientation} (turned by 90 '
+            'degrees when shown) and is read as stored, the tag ignored: '
+            'the label map looks drawn on the turned image. Save the image '
+            'turned (PIL ImageOps.exif_transpose) without the tag.')
 
 
 def is_truncated(data: bytes) -> bool:
@@ -103,7 +164,8 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
     """``LoadImageFromFile`` whose errors name the file.
 
     Grayscale, RGBA and 16-bit files load as 8-bit 3-channel images (the
-    default ``color_type='color'``).
+    default ``color_type='color'``), as stored: an EXIF orientation tag is
+    ignored, as label maps are stored unturned (see the module docstring).
 
     Args:
         skip_unreadable (bool): warn and skip a missing or undecodable file
@@ -125,8 +187,10 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
             if is_truncated(data):
                 raise OSError('the file ends before its end marker '
                               '(truncated)')
-            img = mmcv.imfrombytes(data, flag=self.color_type,
-                                   backend=self.imdecode_backend)
+            img = mmcv.imfrombytes(
+                data,
+                flag=unturned_flag(self.color_type, self.imdecode_backend),
+                backend=self.imdecode_backend)
         except Exception as error:  # any decoder, any file backend
             return _unreadable('image', path, error, self.skip_unreadable)
         if img is None:
@@ -187,11 +251,15 @@ class CheckedLoadAnnotations(LoadAnnotations):
         image_shape = results.get('ori_shape')
         if image_shape is not None and tuple(labels.shape[:2]) != tuple(
                 image_shape):
+            image_path = results.get('img_path')
+            hint = '' if image_path is None else size_mismatch_hint(
+                fileio.get(image_path, backend_args=self.backend_args),
+                image_shape, labels.shape[:2])
             raise ValueError(
                 f'label map {path} is {labels.shape[0]}x{labels.shape[1]} '
-                f'but its image {results.get("img_path")} is '
+                f'but its image {image_path} is '
                 f'{image_shape[0]}x{image_shape[1]}: they must have the '
-                'same size')
+                f'same size.{hint}')
         results['gt_seg_map'] = self._checked_labels(labels, path, results)
         results['seg_fields'].append('gt_seg_map')
         return results

@@ -223,3 +223,47 @@ def test_scripts_check_the_test_images_mmseg_inferencer_keeps_stock():
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     use_checked_loaders(cfg, ('test_dataloader', ))
     assert cfg.tta_pipeline[0].type == 'CheckedLoadImageFromFile'
+
+
+# EXIF orientation ---------------------------------------------------------
+
+
+def _tagged_jpeg(path, orientation=6, shape=(128, 160)):
+    """A JPEG with a white top-left corner and an EXIF orientation tag."""
+    from PIL import Image
+    image = np.zeros((*shape, 3), np.uint8)
+    image[:20, :40] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(image).save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+@pytest.mark.parametrize('backend', ['cv2', 'pillow'])
+def test_exif_orientation_is_ignored_so_labels_stay_aligned(
+        tmp_path, backend):
+    """mmcv's 'color' flag turns a tagged JPEG (160x128 here); the label map,
+    stored unturned, is 128x160: the checked loader reads the image as
+    stored, so the two stay aligned."""
+    image = _tagged_jpeg(tmp_path / 'a.jpg')
+    labels = _write(tmp_path / 'a.png', np.zeros((128, 160), np.uint8))
+    results = CheckedLoadImageFromFile(imdecode_backend=backend)(
+        dict(img_path=str(image)))
+    assert results['img'].shape == (128, 160, 3)
+    assert results['img'][5, 5].min() > 200  # the white corner, unturned
+    assert results['img'][5, -5].max() < 50
+    results.update(seg_map_path=str(labels), reduce_zero_label=False,
+                   seg_fields=[])
+    assert CheckedLoadAnnotations(num_classes=8)(
+        results)['gt_seg_map'].shape == (128, 160)
+
+
+def test_label_map_drawn_on_the_turned_image_gets_an_exif_hint(tmp_path):
+    image = _tagged_jpeg(tmp_path / 'a.jpg')
+    labels = _write(tmp_path / 'a.png', np.zeros((160, 128), np.uint8))
+    results = CheckedLoadImageFromFile()(dict(img_path=str(image)))
+    results.update(seg_map_path=str(labels), reduce_zero_label=False,
+                   seg_fields=[])
+    with pytest.raises(ValueError, match=r'is 160x128 but its image .* is '
+                       r'128x160: .*EXIF orientation 6 .*exif_transpose'):
+        CheckedLoadAnnotations(num_classes=8)(results)
