@@ -281,3 +281,44 @@ def test_truncated_png_and_jpeg_with_trailing_bytes(tmp_path):
     (problem, ) = result.problems
     assert (problem.kind, problem.path) == ('truncated',
                                             str(tmp_path / 'a.png'))
+
+
+def _tagged_jpeg(path: Path, orientation: int = 6) -> Path:
+    """A 128x160 JPEG stored unturned, with an EXIF orientation tag."""
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.zeros((128, 160, 3), np.uint8)).save(
+        path, exif=exif.tobytes())
+    return path
+
+
+def test_exif_orientation_is_reported(tmp_path):
+    """An image whose tag would turn it is named with the tag's value; its
+    unturned label map fits it as the loader reads it (no size mismatch)."""
+    image = _tagged_jpeg(tmp_path / 'a.jpg')
+    labels = tmp_path / 'a.png'
+    cv2.imwrite(str(labels), np.zeros((128, 160), np.uint8))
+    (problem, ) = check_sample(str(image), str(labels), NUM_CLASSES).problems
+    assert str(problem) == (
+        f'exif orientation: {image}: EXIF orientation 6 turns or mirrors the '
+        'image when shown; the loader reads it as stored (the tag ignored), '
+        'as label maps are stored unturned: check that its label map fits '
+        'the stored image, then save the image without the tag')
+    assert not check_sample(str(_tagged_jpeg(tmp_path / 'b.jpg', 1)),
+                            str(labels), NUM_CLASSES).problems
+
+
+def test_size_mismatch_of_a_turned_label_map_names_the_exif_tag(tmp_path):
+    image = _tagged_jpeg(tmp_path / 'a.jpg')
+    labels = tmp_path / 'a.png'
+    cv2.imwrite(str(labels), np.zeros((160, 128), np.uint8))
+    problems = check_sample(str(image), str(labels), NUM_CLASSES).problems
+    assert [p.kind for p in problems] == ['exif orientation', 'size mismatch']
+    assert str(problems[1]) == (
+        f'size mismatch: {labels}: label map is 160x128 (HxW), its image '
+        f'{image} 128x160; expected the same size. The image has EXIF '
+        'orientation 6 (turned by 90 degrees when shown) and is read as '
+        'stored, the tag ignored: the label map looks drawn on the turned '
+        'image. Save the image turned (PIL ImageOps.exif_transpose) without '
+        'the tag.')

@@ -13,6 +13,9 @@ processes. The report lists, one line each (the problem's kind first):
 - ``truncated``: a JPEG or PNG whose data ends early (cv2 decodes a cut JPEG
   without an error and fills the rest with grey);
 - ``size mismatch``: image and label map of different height or width;
+- ``exif orientation``: an image whose EXIF orientation tag would turn or
+  mirror it when shown; the loader reads it as stored (the tag ignored) to
+  match label maps stored unturned, so check that its label map is too;
 - ``colour label map``: a label map with more than one channel;
 - ``label values``: class ids outside ``[0, num_classes)`` other than the
   ignore index, after ``reduce_zero_label`` and ``label_map``, or labels
@@ -39,7 +42,9 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import track_parallel_progress, track_progress
 from mmseg.registry import DATASETS
 
-from regproxy.datasets import is_truncated, leaf_datasets, to_class_ids
+from regproxy.datasets import (exif_orientation, is_truncated, leaf_datasets,
+                               size_mismatch_hint, to_class_ids,
+                               unturned_flag)
 
 SPLITS = ('train', 'val', 'test')
 IGNORE_INDEX = 255
@@ -111,27 +116,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def _load(path: str, kind: str, flag: str, backend: str,
-          backend_args: Optional[dict],
-          problems: List[Problem]) -> Optional[np.ndarray]:
-    """The decoded file, or None after recording what is wrong with it."""
+          backend_args: Optional[dict], problems: List[Problem]
+          ) -> Tuple[Optional[np.ndarray], bytes]:
+    """The decoded file (None after recording what is wrong with it) and
+    its data."""
+    data = b''
     try:
         data = fileio.get(path, backend_args=backend_args)
     except Exception as error:  # any file backend
         problems.append(Problem('unreadable', path,
                                 f'cannot read the {kind}: '
                                 f'{type(error).__name__}: {error}'))
-        return None
+        return None, data
     if not data:
         problems.append(Problem('unreadable', path,
                                 f'the {kind} is empty (0 bytes)'))
-        return None
+        return None, data
     if is_truncated(data):
         problems.append(Problem(
             'truncated', path,
             f'the {kind} ends early ({len(data)} bytes, no end marker); '
             'decoders fill the missing part or fail: copy or download it '
             'again'))
-        return None
+        return None, data
     try:
         array = mmcv.imfrombytes(data, flag=flag, backend=backend)
     except Exception as error:  # decoders raise many types
@@ -143,7 +150,7 @@ def _load(path: str, kind: str, flag: str, backend: str,
             'unreadable', path,
             f'not a decodable {kind} ({backend} backend, {len(data)} bytes): '
             f'{cause}'))
-    return array
+    return array, data
 
 
 def _check_labels(labels: np.ndarray, task: dict,
@@ -219,13 +226,23 @@ def check_sample(task: dict) -> SampleCheck:
         SampleCheck: the problems found and the per-class pixel counts.
     """
     result = SampleCheck(task['seg_map_path'] is not None)
-    image = _load(task['img_path'], 'image', task['img_flag'],
-                  task['img_backend'], task['backend_args'], result.problems)
+    image, image_data = _load(
+        task['img_path'], 'image',
+        unturned_flag(task['img_flag'], task['img_backend']),
+        task['img_backend'], task['backend_args'], result.problems)
+    orientation = exif_orientation(image_data) if image is not None else 1
+    if 2 <= orientation <= 8:  # the tag's values that change the picture
+        result.problems.append(Problem(
+            'exif orientation', task['img_path'],
+            f'EXIF orientation {orientation} turns or mirrors the image '
+            'when shown; the loader reads it as stored (the tag ignored), '
+            'as label maps are stored unturned: check that its label map '
+            'fits the stored image, then save the image without the tag'))
     if not result.has_labels:
         return result
     path = task['seg_map_path']
-    labels = _load(path, 'label map', 'unchanged', task['label_backend'],
-                   task['backend_args'], result.problems)
+    labels, _ = _load(path, 'label map', 'unchanged', task['label_backend'],
+                      task['backend_args'], result.problems)
     if labels is None:
         return result
     if image is not None and image.shape[:2] != labels.shape[:2]:
@@ -233,7 +250,8 @@ def check_sample(task: dict) -> SampleCheck:
             'size mismatch', path,
             f'label map is {labels.shape[0]}x{labels.shape[1]} (HxW), its '
             f'image {task["img_path"]} {image.shape[0]}x{image.shape[1]}; '
-            'expected the same size'))
+            'expected the same size.' + size_mismatch_hint(
+                image_data, image.shape[:2], labels.shape[:2])))
     _check_labels(labels, task, result)
     return result
 
