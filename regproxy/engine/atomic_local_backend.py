@@ -1,4 +1,5 @@
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -7,6 +8,28 @@ from typing import Union
 from mmengine.fileio import LocalBackend, register_backend
 
 __all__ = ['AtomicLocalBackend']
+
+# ``.NAME.PID.XXXXXXXX.tmp``: mkstemp's temporary file of a writer process.
+_TEMP_NAME = re.compile(r'^\..+\.(\d+)\.[a-z0-9_]{8}\.tmp$')
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Remove the temporary files that killed writers left in ``folder``;
+    a file whose writer still runs is left to it."""
+    for path in folder.iterdir():
+        match = _TEMP_NAME.match(path.name)
+        if match and not _is_running(int(match.group(1))):
+            path.unlink(missing_ok=True)
 
 
 def _new_file_mode() -> int:
@@ -21,7 +44,9 @@ class AtomicLocalBackend(LocalBackend):
 
     Each file goes to a temporary file beside the target and is renamed into
     place once complete, so a run killed mid-write keeps the previous good
-    checkpoint instead of leaving a truncated one under the final name. As a
+    checkpoint instead of leaving a truncated one under the final name; the
+    temporary file of a killed writer (``.NAME.PID.XXXXXXXX.tmp``) is
+    removed when the next write to its folder starts. As a
     plain write would, it writes through a symbolic link to its target, keeps
     an existing file's permissions and gives a new file the umask's.
 
@@ -33,12 +58,14 @@ class AtomicLocalBackend(LocalBackend):
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
         filepath = Path(os.path.realpath(filepath))
         filepath.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_files(filepath.parent)
         try:
             mode = stat.S_IMODE(filepath.stat().st_mode)
         except FileNotFoundError:
             mode = _new_file_mode()
         fd, tmp = tempfile.mkstemp(
-            dir=filepath.parent, prefix=f'.{filepath.name}.', suffix='.tmp')
+            dir=filepath.parent, prefix=f'.{filepath.name}.{os.getpid()}.',
+            suffix='.tmp')
         try:
             with os.fdopen(fd, 'wb') as f:
                 f.write(obj)

@@ -15,6 +15,21 @@ def _skipped_steps() -> int:
     return MessageHub.get_current_instance().get_info(SKIPPED_STEPS, 0)
 
 
+def _resume_advice(runner) -> str:
+    """What to do next, naming the checkpoint this run wrote last (the
+    checkpoint hook's ``last_ckpt`` info), if any."""
+    last = runner.message_hub.get_info('last_ckpt')
+    if last is None:
+        return ('no checkpoint was written in this run. Check the data and '
+                'the weights it starts from, or lower the learning rate: '
+                '--cfg-options optim_wrapper.optimizer.lr=LOWER')
+    return (f'the latest checkpoint, {last}, is from before this iteration. '
+            'Check the data, or lower the learning rate and resume: --resume '
+            '--cfg-options optim_wrapper.optimizer.lr=LOWER (a checkpoint '
+            'written while the loss was already rising may hold damaged '
+            'weights: then resume an earlier one with --resume-from)')
+
+
 @HOOKS.register_module()
 class NonFiniteLossHook(Hook):
     """Stop training at the first NaN or inf loss that was not skipped.
@@ -42,9 +57,4 @@ class NonFiniteLossHook(Hook):
         if not math.isfinite(value):
             raise FloatingPointError(
                 f'loss is {value} at iteration {runner.iter + 1}: training '
-                f'stopped; the latest checkpoint in {runner.work_dir} is from '
-                'before this iteration. Check the data, or lower the learning '
-                'rate and resume: --resume --cfg-options '
-                'optim_wrapper.optimizer.lr=LOWER (a checkpoint written while '
-                'the loss was already rising may hold damaged weights: then '
-                'resume an earlier one with --resume-from)')
+                f'stopped; {_resume_advice(runner)}')

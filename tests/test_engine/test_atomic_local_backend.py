@@ -1,6 +1,8 @@
 """The atomic local backend, as mmengine's CheckpointHook uses it."""
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -59,3 +61,25 @@ def test_writes_through_a_symlink(tmp_path):
     link.symlink_to(target)
     AtomicLocalBackend().put_text('new', link)
     assert link.is_symlink() and target.read_text() == 'new'
+
+
+KILLED_MID_WRITE = '''
+import os, signal, sys
+from regproxy.engine import AtomicLocalBackend
+os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
+AtomicLocalBackend().put(b'partial', sys.argv[1])
+'''
+
+
+def test_temp_file_of_a_killed_writer_goes_at_the_next_write(tmp_path):
+    killed = subprocess.run(
+        [sys.executable, '-c', KILLED_MID_WRITE, str(tmp_path / 'iter_2.pth')])
+    assert killed.returncode == -9
+    stale = [p.name for p in tmp_path.iterdir()]
+    assert len(stale) == 1 and stale[0].startswith('.iter_2.pth.')
+    # a writer that still runs (this process) keeps its temporary file
+    live = tmp_path / f'.iter_3.pth.{os.getpid()}.abcd1234.tmp'
+    live.write_bytes(b'being written')
+    AtomicLocalBackend().put(b'whole', tmp_path / 'iter_4.pth')
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name,
+                                                          'iter_4.pth']
