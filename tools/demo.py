@@ -16,7 +16,9 @@ Writes three pictures of the image's size into DIR:
 
 The last two come from one whole-image pass over the test pipeline's resized
 image; the head's internals are read through forward hooks, so any
-RegionProxy checkpoint works unchanged.
+RegionProxy checkpoint works unchanged. The image is read as ``train.py``
+and ``test.py`` read it (``CheckedLoadImageFromFile``): as stored, its EXIF
+orientation tag ignored, and a cut file stops the demo with its name.
 """
 import argparse
 import os.path as osp
@@ -30,6 +32,7 @@ from mmengine.config import ConfigDict, DictAction
 from mmseg.apis import inference_model, init_model
 
 import regproxy  # noqa: F401 registers the RegionProxy modules
+from regproxy.datasets import CheckedLoadImageFromFile
 from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
                              trusted_checkpoints)
 from regproxy.utils import DTYPES, add_trust_checkpoint_arg, fail
@@ -55,10 +58,14 @@ def blend(image: np.ndarray, colors: np.ndarray,
 
 
 def head_internals(
-    model: torch.nn.Module, image_path: str
+    model: torch.nn.Module, image: np.ndarray
 ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
     """One whole-image pass (``inference_model`` in test mode ``whole``),
     the head's internals read through forward hooks.
+
+    Args:
+        model (torch.nn.Module): the segmentor.
+        image (np.ndarray): (H, W, 3) uint8 BGR image, as loaded.
 
     Returns:
         tuple: ``affinity`` (9, rh, rw, h, w), ``region_logits`` (h, w, K),
@@ -77,7 +84,7 @@ def head_internals(
     test_cfg, model.test_cfg = model.test_cfg, ConfigDict(mode='whole')
     try:
         with torch.no_grad():
-            result = inference_model(model, image_path)
+            result = inference_model(model, image)
             affinity = head.affinity(captured['x_mid'])
     finally:
         model.test_cfg = test_cfg
@@ -126,6 +133,10 @@ def outline(labels: np.ndarray, thickness: int) -> np.ndarray:
 def run_demo(args: argparse.Namespace) -> List[str]:
     """Write the three pictures of ``args.image`` (the command line's
     settings); returns their paths."""
+    # The loader of train.py and test.py: a cut or undecodable file stops
+    # with its name (cv2 fills a cut JPEG with grey), the EXIF orientation
+    # tag is ignored as in training.
+    image_bgr = CheckedLoadImageFromFile()(dict(img_path=args.image))['img']
     model = init_model(args.config, device=args.device,
                        cfg_options=args.cfg_options)
     # Read safely, with errors that name the file and mismatched keys.
@@ -138,10 +149,10 @@ def run_demo(args: argparse.Namespace) -> List[str]:
             torch.device(args.device).type,
             dtype=DTYPES[args.dtype],
             enabled=args.dtype != 'float32'):
-        result = inference_model(model, args.image)
-        affinity, region_logits, resized = head_internals(model, args.image)
+        result = inference_model(model, image_bgr)
+        affinity, region_logits, resized = head_internals(model, image_bgr)
 
-    image = mmcv.imread(args.image, channel_order='rgb')
+    image = mmcv.bgr2rgb(image_bgr)
     size = image.shape[:2]
     palette = palette_for(model)
     pred = result.pred_sem_seg.data[0].cpu().numpy()
@@ -202,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     try:
         with trusted_checkpoints(args.trust_checkpoint):
             paths = run_demo(args)
-    except CheckpointError as error:
+    except (CheckpointError, OSError) as error:  # OSError: the image
         fail(str(error))
     print('\n'.join(paths))
     return paths

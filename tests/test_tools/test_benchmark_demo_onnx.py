@@ -302,3 +302,24 @@ def test_backbone_pretrained_refuses_crafted_file(tiny, crafted):
     with pytest.raises(CheckpointError, match='io.open'):
         backbone.init_weights()
     assert not marker.exists()
+
+
+def test_demo_reads_the_image_as_training_does(tiny, tmp_path):
+    """A cut JPEG (which cv2 fills with grey) stops the demo with the file
+    named; a JPEG with an EXIF orientation tag is pictured as stored."""
+    from PIL import Image
+    ok, data = cv2.imencode('.jpg', np.full((64, 96, 3), 128, np.uint8))
+    cut = tmp_path / 'cut.jpg'
+    cut.write_bytes(data.tobytes()[:len(data) // 2])
+    args = [tiny[0], tiny[1], '--out', str(tmp_path / 'out'), '--device',
+            'cpu']
+    with pytest.raises(SystemExit, match=rf'error: cannot read image {cut}: '
+                       r'.*\(truncated\)'):
+        demo.main([str(cut)] + args)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tagged = tmp_path / 'tagged.jpg'
+    Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(
+        tagged, exif=exif.tobytes())
+    for path in demo.main([str(tagged)] + args):
+        assert cv2.imread(path).shape == (64, 96, 3)
