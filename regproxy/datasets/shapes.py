@@ -394,6 +394,15 @@ class ShapesDataset(BaseSegDataset):
                     f"'{DEFAULT_ROOT}' (relative to the working directory). "
                     'To create it elsewhere, call regproxy.datasets.'
                     'generate_shapes_dataset(PATH) first.')
+            # Relative to the working directory: a run from another folder
+            # writes another copy, so say where this one goes.
+            print_log(
+                f'ShapesDataset: no data at {self.data_root!r}; generating '
+                f'the shapes dataset in {osp.abspath(self.data_root)} '
+                f'(relative to the working directory {os.getcwd()}). To '
+                'use one copy from any folder, set data_root to that path.',
+                logger='current',
+                level=logging.WARNING)
             try:
                 generate_shapes_dataset(self.data_root)
             except FileExistsError:

@@ -1,6 +1,7 @@
 """Tests of the synthetic shapes dataset: generator and dataset class."""
 import functools
 import json
+import logging
 import os
 import os.path as osp
 import shutil
@@ -129,11 +130,21 @@ def test_generated_on_first_use(tmp_path, monkeypatch):
         shapes, 'generate_shapes_dataset',
         functools.partial(generate_shapes_dataset, num_train=2, num_val=1))
     monkeypatch.chdir(tmp_path)  # generated only at the default root
-    dataset = ShapesDataset(
-        data_root=shapes.DEFAULT_ROOT,
-        data_prefix=dict(
-            img_path='images/validation',
-            seg_map_path='annotations/validation'))
+    records = []
+    logger = MMLogger.get_current_instance()
+    logger.addFilter(lambda record: records.append(record))
+    try:
+        dataset = ShapesDataset(
+            data_root=shapes.DEFAULT_ROOT,
+            data_prefix=dict(
+                img_path='images/validation',
+                seg_map_path='annotations/validation'))
+    finally:
+        logger.filters.clear()
+    # where the data goes is logged, as an absolute path
+    (record, ) = [r for r in records if 'generating' in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert f'in {tmp_path / "data" / "shapes"} ' in record.getMessage()
     assert len(dataset) == 1
     assert dataset.metainfo['classes'] == shapes.CLASSES
     assert len(dataset.metainfo['palette']) == len(shapes.CLASSES)
