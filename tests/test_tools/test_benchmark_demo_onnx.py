@@ -323,3 +323,22 @@ def test_demo_reads_the_image_as_training_does(tiny, tmp_path):
         tagged, exif=exif.tobytes())
     for path in demo.main([str(tagged)] + args):
         assert cv2.imread(path).shape == (64, 96, 3)
+
+
+def test_benchmark_stops_on_non_finite_logits(tiny, monkeypatch):
+    """A NaN weight (copied into both paths) gives NaN logits and a NaN
+    difference: the benchmark stops, naming the config and the weights."""
+    build_model = benchmark.build_model
+
+    def with_nan(cfg, path, device):
+        model = build_model(cfg, path, device)
+        with torch.no_grad():
+            model.decode_head.mlp[0][0].weight[0, 0] = float('nan')
+        return model
+
+    monkeypatch.setattr(benchmark, 'build_model', with_nan)
+    with pytest.raises(SystemExit) as error:
+        benchmark.main([tiny[0], '--iters', '1', '--dtypes', 'float32'])
+    assert str(error.value) == (
+        f'error: {tiny[0]}: the float32 logits hold NaN or inf with the '
+        'random initial weights: check the weights for non-finite values')

@@ -29,6 +29,7 @@ other's.
 import argparse
 import inspect
 import json
+import math
 import os
 import runpy
 import statistics
@@ -339,6 +340,10 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
         print(f'compiled (first call) in {time.perf_counter() - start:.1f} s')
     print(f'float32 logits, {paths[0]} vs {paths[1]}: max |diff| '
           f'{diff:.3g} (max |logit| {scale:.3g})')
+    if not (math.isfinite(diff) and math.isfinite(scale)):
+        weights = args.checkpoint or 'the random initial weights'
+        fail(f'{args.config}: the float32 logits hold NaN or inf with '
+             f'{weights}: check the weights for non-finite values')
     if not diff <= 1e-4 * max(scale, 1.):
         fail('the two paths disagree; timings would compare different models')
     rows = []
