@@ -20,7 +20,7 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from regproxy.models.utils import standalone_model_cfg
+from regproxy.utils import standalone_model_cfg
 
 from tests.scripts import load_script
 
