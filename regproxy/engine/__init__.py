@@ -1,5 +1,6 @@
 from ..models.utils.safe_checkpoint_loader import (CheckpointError,
                                                    load_checkpoint_file,
+                                                   non_finite_weights_allowed,
                                                    trusted_checkpoints)
 from .accumulating_train_loop import AccumulatingTrainLoop
 from .atomic_local_backend import AtomicLocalBackend
@@ -19,7 +20,8 @@ __all__ = [
     'AccumulatingTrainLoop', 'AtomicLocalBackend', 'AutocastOptimWrapper',
     'CheckpointError', 'LabelChecksHook', 'load_checkpoint_file',
     'load_segmentor_checkpoint', 'load_weights', 'save_checkpoint_file',
-    'trusted_checkpoints', 'NonFiniteLossHook', 'RNGStateHook',
+    'trusted_checkpoints', 'non_finite_weights_allowed', 'NonFiniteLossHook',
+    'RNGStateHook',
     'RegProxyRunner', 'find_resumable_checkpoints',
     'SkipNonFiniteOptimWrapper', 'unwrap_model', 'WeightsOnlyCheckpointHook',
     'WorkDirBusyError', 'WorkDirLock'

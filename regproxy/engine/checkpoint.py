@@ -6,11 +6,12 @@ their ``pretrained`` files with it).
 """
 import io
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.runner.checkpoint import load_state_dict
+from safetensors.torch import save as safetensors_bytes
 
 from ..models.utils.checkpoint_filter import is_timm_vit, unwrap_state_dict
 from ..models.utils.safe_checkpoint_loader import (DDP_PREFIX,
@@ -31,11 +32,29 @@ STRICT_REMEDY = ('To load the matching part only, set load_strict=False '
                  '(--cfg-options load_strict=False)')
 
 
-def save_checkpoint_file(obj: Any, filename: Union[str, Path]) -> None:
-    """``torch.save`` that never leaves a partial file under ``filename``."""
-    with io.BytesIO() as buffer:
-        torch.save(obj, buffer)
-        AtomicLocalBackend().put(buffer.getvalue(), filename)
+def save_checkpoint_file(obj: dict, filename: Union[str, Path]) -> List[str]:
+    """Write a checkpoint, never leaving a partial file under ``filename``.
+
+    A name ending in ``.safetensors`` gets a safetensors file of
+    ``obj['state_dict']`` (or of ``obj`` itself when it has none); any other
+    name a ``torch.save`` file of ``obj``.
+
+    Returns:
+        list[str]: the entries of ``obj`` that were not written (a
+        safetensors file holds tensors only, e.g. ``meta``).
+    """
+    if not str(filename).endswith('.safetensors'):
+        with io.BytesIO() as buffer:
+            torch.save(obj, buffer)
+            AtomicLocalBackend().put(buffer.getvalue(), filename)
+        return []
+    tensors = obj.get('state_dict', obj)
+    # safetensors refuses tensors that share memory: each gets its own
+    data = safetensors_bytes(
+        {k: v.detach().cpu().clone().contiguous()
+         for k, v in tensors.items()})
+    AtomicLocalBackend().put(data, filename)
+    return [k for k in obj if k != 'state_dict'] if tensors is not obj else []
 
 
 def refuse_imagenet_vit(checkpoint: dict, source: str) -> None:

@@ -15,10 +15,10 @@ def _skipped_steps() -> int:
     return MessageHub.get_current_instance().get_info(SKIPPED_STEPS, 0)
 
 
-def _resume_advice(runner) -> str:
+def _resume_advice() -> str:
     """What to do next, naming the checkpoint this run wrote last (the
     checkpoint hook's ``last_ckpt`` info), if any."""
-    last = runner.message_hub.get_info('last_ckpt')
+    last = MessageHub.get_current_instance().get_info('last_ckpt')
     if last is None:
         return ('no checkpoint was written in this run. Check the data and '
                 'the weights it starts from, or lower the learning rate: '
@@ -57,4 +57,4 @@ class NonFiniteLossHook(Hook):
         if not math.isfinite(value):
             raise FloatingPointError(
                 f'loss is {value} at iteration {runner.iter + 1}: training '
-                f'stopped; {_resume_advice(runner)}')
+                f'stopped; {_resume_advice()}')

@@ -11,6 +11,7 @@ from mmseg.registry import RUNNERS
 
 from ..models.utils.safe_checkpoint_loader import (CheckpointError,
                                                    load_checkpoint_file,
+                                                   non_finite_weights_allowed,
                                                    trusted_checkpoints)
 from .checkpoint import load_weights
 from .work_dir_lock import WorkDirLock
@@ -53,7 +54,9 @@ def _checkpoint_seed(cfg) -> Optional[int]:
     for path in candidates:
         try:
             meta = load_checkpoint_file(
-                path, trust=cfg.get('trust_checkpoint', False)).get('meta', {})
+                path, trust=cfg.get('trust_checkpoint', False),
+                allow_non_finite=cfg.get('allow_non_finite_weights',
+                                         False)).get('meta', {})
         except CheckpointError:
             continue  # resuming reports it
         return meta.get('seed')
@@ -68,6 +71,9 @@ class RegProxyRunner(Runner):
       are read with ``weights_only=True`` and an allow-list
       (:func:`load_checkpoint_file`); ``trust_checkpoint = True`` in the
       config reads them in full, for files from a trusted source.
+    - Weights holding NaN or inf are refused, naming the tensors;
+      ``allow_non_finite_weights = True`` in the config loads them (to
+      inspect such a file).
     - Checkpoints of another model stop with an error that lists the
       mismatched keys and shapes; ``load_strict = False`` loads the
       matching part and logs the rest (fine-tuning to other classes).
@@ -81,10 +87,17 @@ class RegProxyRunner(Runner):
     its weights go into the model.
     """
 
+    resuming = False  # inside resume()
+
     @property
     def trust_checkpoint(self) -> bool:
         """Read checkpoint files in full (config key, default False)."""
         return bool(self.cfg.get('trust_checkpoint', False))
+
+    @property
+    def allow_non_finite_weights(self) -> bool:
+        """Load weights holding NaN or inf (config key, default False)."""
+        return bool(self.cfg.get('allow_non_finite_weights', False))
 
     @property
     def load_strict(self) -> bool:
@@ -111,7 +124,13 @@ class RegProxyRunner(Runner):
             dict: the checkpoint.
         """
         checkpoint = load_checkpoint_file(
-            filename, map_location, trust=self.trust_checkpoint)
+            filename, map_location, trust=self.trust_checkpoint,
+            allow_non_finite=self.allow_non_finite_weights)
+        if self.resuming and 'message_hub' not in checkpoint:
+            raise CheckpointError(
+                f'cannot resume from {filename}: it holds weights but no '
+                'training state (an mmseg 0.x or converted checkpoint); use '
+                '--load-from to start training from its weights')
         meta = checkpoint.get('meta')
         if isinstance(meta, dict) and not self.trust_checkpoint:
             # mmengine's resume would run this 0.x config text as Python
@@ -164,8 +183,12 @@ class RegProxyRunner(Runner):
         is scaled to it (``--resume --cfg-options
         optim_wrapper.optimizer.lr=X`` lowers it)."""
         configured = _initial_lrs(self.optim_wrapper)
-        super().resume(filename, resume_optimizer, resume_param_scheduler,
-                       map_location)
+        self.resuming = True  # load_checkpoint refuses weights-only files
+        try:
+            super().resume(filename, resume_optimizer, resume_param_scheduler,
+                           map_location)
+        finally:
+            self.resuming = False
         for note in self._settings_that_differ(configured):
             self.logger.warning(f'resuming {filename}: {note}')
 
@@ -243,7 +266,8 @@ class RegProxyRunner(Runner):
             'to start afresh, or resume from another file with --resume-from')
 
     def _with_trust(self, method: Callable, *args, **kwargs):
-        with trusted_checkpoints(self.trust_checkpoint):
+        with trusted_checkpoints(self.trust_checkpoint), \
+                non_finite_weights_allowed(self.allow_non_finite_weights):
             return method(*args, **kwargs)
 
     def train(self):

@@ -11,7 +11,8 @@ from mmengine.logging import HistoryBuffer, MessageHub
 
 from regproxy.engine import (CheckpointError, WeightsOnlyCheckpointHook,
                              load_checkpoint_file, load_segmentor_checkpoint,
-                             save_checkpoint_file, trusted_checkpoints)
+                             non_finite_weights_allowed, save_checkpoint_file,
+                             trusted_checkpoints)
 from tests.tiny_models import tiny_segmentor
 
 
@@ -208,3 +209,61 @@ def test_shell_command_in_a_checkpoint_is_refused(tmp_path):
                        r'posix.system'):
         load_checkpoint_file(path)
     assert not marker.exists()
+
+
+def nan_checkpoint(path):
+    """A segmentor checkpoint with one NaN and two inf values."""
+    weights = tiny_segmentor().state_dict()
+    weights['backbone.cls_token'].view(-1)[0] = float('nan')
+    weights['decode_head.mlp.0.0.bias'][:2] = float('inf')
+    torch.save({'state_dict': weights}, path)
+    return path
+
+
+def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path):
+    path = nan_checkpoint(tmp_path / 'broken.pth')
+    with pytest.raises(CheckpointError) as error:
+        load_segmentor_checkpoint(tiny_segmentor(), path)
+    message = str(error.value)
+    assert f'checkpoint {path} holds non-finite weights' in message
+    assert 'backbone.cls_token (1 NaN, 0 inf of 32 values)' in message
+    assert 'decode_head.mlp.0.0.bias (0 NaN, 2 inf of' in message
+    assert 'allow_non_finite_weights = True' in message
+    weights = load_checkpoint_file(path, allow_non_finite=True)['state_dict']
+    assert weights['backbone.cls_token'].isnan().sum() == 1
+    with non_finite_weights_allowed():
+        load_checkpoint_file(path)
+
+
+def test_safetensors_by_suffix_or_content_and_written(tmp_path):
+    source = tiny_segmentor()
+    path = tmp_path / 'model.safetensors'
+    assert save_checkpoint_file({'state_dict': source.state_dict(),
+                                 'meta': {'iter': 4}}, path) == ['meta']
+    model = tiny_segmentor(num_classes=5)
+    load_segmentor_checkpoint(model, path)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+    renamed = tmp_path / 'model.bin'  # found by its header
+    renamed.write_bytes(path.read_bytes())
+    assert load_checkpoint_file(renamed).keys() == \
+        source.state_dict().keys()
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError,
+                       match='model.safetensors .500 bytes.*truncated'):
+        load_checkpoint_file(path)
+
+
+def test_directory_is_named_with_the_files_inside(tmp_path):
+    for name in ('iter_8.pth', 'iter_4.pth', 'a.safetensors', 'b.pth',
+                 'notes.txt'):
+        (tmp_path / name).write_bytes(b'')
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint_file(tmp_path)
+    assert str(error.value) == (
+        f'checkpoint {tmp_path} is a directory; give a checkpoint file '
+        f'inside it, e.g. {tmp_path}/a.safetensors, {tmp_path}/b.pth, '
+        f'{tmp_path}/iter_4.pth')
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(CheckpointError, match=r'holds no \*.pth'):
+        load_checkpoint_file(tmp_path / 'empty')

@@ -135,3 +135,24 @@ def test_import_leaves_mmengines_checkpoint_loader_as_it_is():
         "assert before[''].__module__ == 'mmengine.runner.checkpoint'\n")
     subprocess.run([sys.executable, '-c', code], check=True,
                    cwd=Path(__file__).resolve().parents[2])
+
+
+def test_safetensors_url_as_load_from_and_pretrained(http_files, tmp_path):
+    from safetensors.torch import save_file
+    folder, url = http_files
+    source = tiny_segmentor()
+    save_file(source.state_dict(), folder / 'model.safetensors')
+    runner = RegProxyRunner(
+        model=tiny_segmentor_cfg(), work_dir=str(tmp_path / 'work'),
+        load_from=url + 'model.safetensors', default_scope='mmseg',
+        cfg=dict(load_from=url + 'model.safetensors'))
+    runner.load_or_resume()
+    _assert_same_weights(runner.model, source)
+    kwargs = dict(img_size=64, embed_dims=32, num_layers=2, num_heads=2,
+                  out_indices=(0, 1))
+    vit = RegionProxyViT(**kwargs)
+    vit.init_weights()
+    save_file(vit.state_dict(), folder / 'vit.safetensors')
+    backbone = RegionProxyViT(**kwargs, pretrained=url + 'vit.safetensors')
+    backbone.init_weights()
+    _assert_same_weights(backbone, vit)

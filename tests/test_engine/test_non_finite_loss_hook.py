@@ -9,11 +9,11 @@ from regproxy.engine import NonFiniteLossHook
 
 def stop_at_iteration_42(loss, last_ckpt=None):
     """The message of a hook that sees ``loss`` at iteration 42."""
-    hub = MessageHub.get_instance(f'test_non_finite_{last_ckpt}')
+    hub = MessageHub.get_instance(f'test_non_finite_{last_ckpt}')  # current
     if last_ckpt:
         hub.update_info('last_ckpt', last_ckpt)
     runner = SimpleNamespace(iter=41, work_dir='work_dirs/x',
-                             optim_wrapper=None, message_hub=hub)
+                             optim_wrapper=None)
     hook = NonFiniteLossHook()
     hook.before_train_iter(runner, 0)
     hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(1.5)))

@@ -72,3 +72,27 @@ def test_resumable_checkpoints_newest_first(tmp_path):
     assert found == ['iter_16.pth', 'iter_8.pth', 'iter_4.pth',
                      'epoch_2.pth']
     assert find_resumable_checkpoints(str(tmp_path / 'none')) == []
+
+
+def test_load_from_non_finite_weights_is_the_load_error(tmp_path):
+    from tests.test_engine.test_checkpoint import nan_checkpoint
+    path = str(nan_checkpoint(tmp_path / 'broken.pth'))
+    runner = RegProxyRunner(
+        model=tiny_segmentor_cfg(), work_dir=str(tmp_path / 'work'),
+        load_from=path, default_scope='mmseg', cfg=dict(load_from=path))
+    with pytest.raises(CheckpointError, match='broken.pth holds non-finite'):
+        runner.load_or_resume()
+    build_runner(tmp_path, allow_non_finite_weights=True).load_checkpoint(
+        path)
+
+
+def test_resume_from_a_weights_only_checkpoint_says_load_from(tmp_path):
+    path = tmp_path / 'released_0x.pth'
+    torch.save({'state_dict': tiny_segmentor().state_dict(),
+                'meta': {'epoch': 1, 'iter': 160000}}, path)
+    with pytest.raises(CheckpointError) as error:
+        build_runner(tmp_path).resume(str(path))
+    assert str(error.value) == (
+        f'cannot resume from {path}: it holds weights but no training state '
+        '(an mmseg 0.x or converted checkpoint); use --load-from to start '
+        'training from its weights')

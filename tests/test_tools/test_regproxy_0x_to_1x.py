@@ -216,3 +216,15 @@ def test_refuses_class_names_that_do_not_fit(weights, tmp_path):
         meta=_old_meta(OWN_CLASSES[:10], OWN_PALETTE[:10])))
     message = _refused(src, tmp_path, '--config', str(T16))
     assert 'lists 10 classes, the model has 150' in message
+
+
+def test_safetensors_out_holds_the_weights_and_says_meta_is_dropped(
+        converted, weights, tmp_path, capsys):
+    from safetensors.torch import load_file
+    dst = tmp_path / 'regproxy_t16_1x.safetensors'
+    converter.main([str(converted[0]), str(dst), '--config', str(T16)])
+    written = load_file(dst)
+    assert written.keys() == weights.keys()
+    assert all(torch.equal(written[k], v) for k, v in weights.items())
+    assert ('a safetensors file holds tensors only: meta.dataset_meta and '
+            'meta.cfg are not written') in capsys.readouterr().out

@@ -10,7 +10,9 @@ IN is a checkpoint of the original release (mmseg 0.x):
 ``CLASSES``/``PALETTE``, else from the config's dataset) and ``meta.cfg``,
 the config's text; the optimizer state is dropped. ``mmseg.apis.init_model``
 and ``MMSegInferencer`` then show the class names, and ``torch.load`` reads
-OUT with ``weights_only=True``.
+OUT with ``weights_only=True``. An OUT ending in ``.safetensors`` holds the
+weights only: a safetensors file holds tensors, so the meta data is not
+written.
 
 CONFIG is the 1.x config of the model; without ``--config`` it is the config
 of the original release (``configs/regproxy_ade20k``,
@@ -47,7 +49,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description='Convert a released mmseg 0.x RegionProxy checkpoint '
         'to an mmseg 1.x checkpoint with dataset_meta.')
     parser.add_argument('src', metavar='IN', help='mmseg 0.x checkpoint')
-    parser.add_argument('dst', metavar='OUT', help='1.x checkpoint to write')
+    parser.add_argument(
+        'dst', metavar='OUT',
+        help='1.x checkpoint to write (*.safetensors: the weights only)')
     parser.add_argument(
         '--config',
         help='1.x config of the model (default: the released config whose '
@@ -257,16 +261,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         converted, origin = convert(checkpoint, weights, cfg, str(src))
     except CheckpointError as error:
         fail(str(error))
-    save_checkpoint_file(converted, dst)
+    not_written = save_checkpoint_file(converted, dst)
     classes = converted['meta']['dataset_meta']['classes']
     shown = ', '.join(classes[:3]) + (', ...' if len(classes) > 3 else '')
     dropped = sorted(set(checkpoint) - {'state_dict', 'meta'})
+    written = ('state_dict (a safetensors file holds tensors only: '
+               "meta.dataset_meta and meta.cfg are not written; mmseg's "
+               'init_model then guesses the classes from num_classes)'
+               if not_written else 'state_dict, meta.dataset_meta, meta.cfg')
     print(f'{src}: {len(weights)} tensors load strictly into the model of '
           f'{config}{"" if args.config else " (found by its keys)"}\n'
           f'classes from {origin}: {len(classes)} ({shown})\n'
-          f'wrote {dst} ({dst.stat().st_size / 2**20:.1f} MiB): state_dict, '
-          'meta.dataset_meta, meta.cfg; dropped: '
-          f'{", ".join(dropped) or "nothing"}')
+          f'wrote {dst} ({dst.stat().st_size / 2**20:.1f} MiB): {written}; '
+          f'dropped: {", ".join(dropped) or "nothing"}')
     return converted
 
 

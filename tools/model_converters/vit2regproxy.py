@@ -27,7 +27,8 @@ from regproxy.utils import add_trust_checkpoint_arg, fail
 def parse_args(argv: Optional[Sequence[str]] = None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('src', help='timm state_dict or DeiT checkpoint')
-    parser.add_argument('dst', help='output file (backbone state_dict)')
+    parser.add_argument(
+        'dst', help='output file (backbone state_dict; .safetensors or .pth)')
     parser.add_argument(
         '--config', required=True,
         help='RegionProxy config whose backbone the weights are for')
@@ -47,6 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         state_dict = checkpoint_filter_fn(checkpoint, backbone)
     except (CheckpointError, ValueError) as error:
         fail(str(error))
+    # a safetensors file holds the weights alone, which is all this is
     save_checkpoint_file({'state_dict': state_dict}, args.dst)
     grid = backbone.grid_size
     print(f'wrote {len(state_dict)} tensors to {args.dst} '

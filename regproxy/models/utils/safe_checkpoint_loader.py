@@ -17,8 +17,10 @@ import contextvars
 import functools
 import os
 import os.path as osp
+import glob
 import pickle
 import re
+import struct
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, List, Mapping, Optional
 from urllib.parse import urlparse
@@ -28,10 +30,12 @@ import torch
 import torch.nn as nn
 from mmengine.dist import get_dist_info
 from mmengine.runner.checkpoint import CheckpointLoader
+from safetensors.torch import load_file as load_safetensors
 
 __all__ = [
     'SAFE_GLOBALS', 'TRUST_HINT', 'CheckpointError', 'SafeCheckpointLoader',
-    'trusted_checkpoints', 'load_checkpoint_file', 'DDP_PREFIX',
+    'trusted_checkpoints', 'non_finite_weights_allowed', 'NON_FINITE_HINT',
+    'load_checkpoint_file', 'DDP_PREFIX',
     'revise_state_dict', 'state_dict_mismatches', 'check_state_dict_fits'
 ]
 
@@ -52,11 +56,18 @@ TRUST_HINT = ('Load it only if you trust where it comes from: '
               '--trust-checkpoint on train.py, test.py and the tools, or '
               'trust_checkpoint = True in the config')
 
+NON_FINITE_HINT = ('To load it anyway (to inspect it), set '
+                   'allow_non_finite_weights = True in the config '
+                   '(--cfg-options allow_non_finite_weights=True), or pass '
+                   'allow_non_finite=True to load_checkpoint_file')
+
 # mmengine's default ``revise_keys``: DDP's ``module.`` prefix removed.
 DDP_PREFIX = ((r'^module\.', ''), )
 
 _trusted = contextvars.ContextVar('regproxy_trusted_checkpoints',
                                   default=False)
+_non_finite_allowed = contextvars.ContextVar(
+    'regproxy_non_finite_weights_allowed', default=False)
 
 
 class CheckpointError(RuntimeError):
@@ -79,6 +90,20 @@ def trusted_checkpoints(enabled: bool = True) -> Iterator[None]:
         _trusted.reset(token)
 
 
+@contextlib.contextmanager
+def non_finite_weights_allowed(enabled: bool = True) -> Iterator[None]:
+    """Within this context weights holding NaN or inf are loaded.
+
+    Args:
+        enabled (bool): whether such weights are loaded inside the context.
+    """
+    token = _non_finite_allowed.set(enabled)
+    try:
+        yield
+    finally:
+        _non_finite_allowed.reset(token)
+
+
 class SafeCheckpointLoader(CheckpointLoader):
     """mmengine's ``CheckpointLoader`` with weights-only readers.
 
@@ -88,7 +113,9 @@ class SafeCheckpointLoader(CheckpointLoader):
     ``init_cfg=dict(type='Pretrained')`` use, as it is:
 
     - local paths and ``http(s)://`` URLs: read with ``weights_only=True``
-      and :data:`SAFE_GLOBALS`, in full only when trusted;
+      and :data:`SAFE_GLOBALS`, in full only when trusted; ``.safetensors``
+      files (a scheme cannot key on the suffix: the reader looks) with the
+      ``safetensors`` package;
     - model-zoo names (``open-mmlab://``, ``torchvision://``, ...):
       mmengine's readers download them through
       ``torch.hub.load_state_dict_from_url``, which unpickles in full, so
@@ -112,12 +139,28 @@ def _unsafe_globals(path: str) -> List[str]:
         return []
 
 
+def _is_safetensors(path: str) -> bool:
+    """A ``.safetensors`` name, or the format's start: the header length
+    (8 bytes, little-endian) and the JSON header's ``{``."""
+    if path.endswith('.safetensors'):
+        return True
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    return (len(head) == 9 and head[8:] == b'{'
+            and struct.unpack('<Q', head[:8])[0] < osp.getsize(path))
+
+
 def _read(path: str, map_location: Any, source: str,
           again: str = 'download it again') -> Any:
-    """``torch.load`` of ``path``, weights-only unless trusted; errors name
-    ``source`` and, for a corrupt file, how to get it ``again``."""
+    """``torch.load`` of ``path``, weights-only unless trusted, or the
+    tensors of a safetensors file; errors name ``source`` and, for a corrupt
+    file, how to get it ``again``."""
     trusted = _trusted.get()
     try:
+        if _is_safetensors(path):
+            device = (str(map_location) if isinstance(
+                map_location, (str, torch.device)) else 'cpu')
+            return load_safetensors(path, device=device)
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=map_location,
                               weights_only=not trusted)
@@ -140,6 +183,13 @@ def _read(path: str, map_location: Any, source: str,
 def load_from_local(filename: str, map_location: Any = None) -> Any:
     """Read a local checkpoint file (see :class:`SafeCheckpointLoader`)."""
     path = osp.expanduser(filename)
+    if osp.isdir(path):
+        inside = sorted(glob.glob(osp.join(path, '*.pth')) +
+                        glob.glob(osp.join(path, '*.safetensors')))[:3]
+        raise CheckpointError(
+            f'checkpoint {path} is a directory; give a checkpoint file '
+            'inside it' + (f', e.g. {", ".join(inside)}' if inside else
+                           ' (it holds no *.pth or *.safetensors file)'))
     if not osp.isfile(path):
         raise CheckpointError(f'checkpoint {path} does not exist')
     return _read(path, map_location, path)
@@ -202,9 +252,39 @@ for _prefix in ('modelzoo://', 'torchvision://', 'open-mmlab://',
         force=True)
 
 
+def _refuse_non_finite(checkpoint: Any, source: str) -> None:
+    """Raise a CheckpointError naming the first 3 floating tensors of the
+    weights (``state_dict``, DeiT's ``model`` or the file itself) that hold
+    NaN or inf, with counts."""
+    if not isinstance(checkpoint, Mapping):
+        return
+    for key in ('state_dict', 'model'):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    broken = []
+    for name, value in checkpoint.items():
+        if not (isinstance(value, torch.Tensor)
+                and value.is_floating_point()):
+            continue
+        nan = int(value.isnan().sum())
+        inf = int(value.isinf().sum())
+        if nan or inf:
+            broken.append(f'{name} ({nan} NaN, {inf} inf of '
+                          f'{value.numel()} values)')
+    if broken:
+        more = f' and {len(broken) - 3} more tensors' if len(
+            broken) > 3 else ''
+        raise CheckpointError(
+            f'checkpoint {source} holds non-finite weights: '
+            f'{"; ".join(broken[:3])}{more}; a model with them predicts '
+            f'nonsense. {NON_FINITE_HINT}')
+
+
 def load_checkpoint_file(filename: Any,
                          map_location: Any = 'cpu',
-                         trust: Optional[bool] = None) -> Any:
+                         trust: Optional[bool] = None,
+                         allow_non_finite: Optional[bool] = None) -> Any:
     """Read a checkpoint through :class:`SafeCheckpointLoader`.
 
     Args:
@@ -213,25 +293,33 @@ def load_checkpoint_file(filename: Any,
         map_location: as for ``torch.load``. Default: 'cpu'.
         trust (bool, optional): unpickle in full; None follows
             :func:`trusted_checkpoints` (off by default).
+        allow_non_finite (bool, optional): load weights holding NaN or
+            inf; None follows :func:`non_finite_weights_allowed` (off by
+            default).
 
     Returns:
         The loaded object.
 
     Raises:
         CheckpointError: the file is missing, cannot be downloaded, is
-            truncated or corrupt, or asks for more than weights and is not
-            trusted.
+            truncated or corrupt, asks for more than weights and is not
+            trusted, or holds NaN/inf weights that are not allowed.
     """
     name = str(filename)  # a URL as given: Path() would fold its '//'
     with trusted_checkpoints(_trusted.get() if trust is None else trust):
         try:
-            return SafeCheckpointLoader.load_checkpoint(name, map_location)
+            checkpoint = SafeCheckpointLoader.load_checkpoint(
+                name, map_location)
         except CheckpointError:
             raise
         except Exception as error:  # mmengine's readers of other schemes
             raise CheckpointError(
                 f'cannot read checkpoint {name}: {type(error).__name__}: '
                 f'{error}') from None
+    if not (_non_finite_allowed.get()
+            if allow_non_finite is None else allow_non_finite):
+        _refuse_non_finite(checkpoint, name)
+    return checkpoint
 
 
 def revise_state_dict(state_dict: Mapping,
