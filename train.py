@@ -28,9 +28,11 @@ from typing import List, Optional, Sequence, Tuple
 try:  # a broken install gets a diagnosis instead of a traceback
     import torch
     from mmengine.config import Config
+    from mmengine.utils import to_2tuple
     from mmseg.registry import MODELS
 
-    from regproxy.datasets import check_data_roots, use_checked_loaders
+    from regproxy.datasets import (check_data_roots, leaf_datasets,
+                                   use_checked_loaders)
     from regproxy.engine import CheckpointError, WorkDirBusyError
     from regproxy.utils import (add_common_args, build_runner,
                                 end_process_group, fail, launcher_world_size,
@@ -177,7 +179,43 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
         notes.append(enable_amp(cfg))
     if args.with_cp:
         notes.append(enable_with_cp(cfg))
+    check_train_config(cfg)
     return cfg, notes
+
+
+def check_train_config(cfg: Config) -> None:
+    """Refuse a schedule that trains nothing, and a crop that batches
+    cannot hold, before anything is built.
+
+    mmengine ends a run of ``max_iters=0`` at once with exit status 0 and no
+    checkpoint. mmseg's data preprocessor pads every image of a batch to its
+    ``size``; a crop larger than it keeps its size, so a batch mixing it
+    with a smaller (padded) image fails in ``torch.stack``.
+
+    Args:
+        cfg (Config): the config with every option applied.
+    """
+    for key in ('max_iters', 'max_epochs'):
+        value = (cfg.get('train_cfg') or {}).get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            fail(f'train_cfg.{key} must be a whole number >= 1, got '
+                 f'{value!r}')
+    size = (cfg.model.get('data_preprocessor') or {}).get('size')
+    if not size:
+        return
+    top = cfg.train_dataloader.dataset
+    for dataset in leaf_datasets(top):
+        where = ('train_dataloader.dataset.pipeline' if dataset is top else
+                 'the pipeline of a dataset in train_dataloader.dataset')
+        for index, step in enumerate(dataset.get('pipeline') or []):
+            crop = step.get('crop_size')
+            if crop and any(c > s for c, s in zip(to_2tuple(crop), size)):
+                fail(f'{where}.{index}.crop_size {tuple(to_2tuple(crop))} '
+                     f'({step["type"]}) is larger than '
+                     f'model.data_preprocessor.size {tuple(size)}, to which '
+                     'every image of a batch is padded: a larger crop '
+                     'cannot be stacked with the padded images. Set both '
+                     'to the same size')
 
 
 def enable_with_cp(cfg: Config) -> str:

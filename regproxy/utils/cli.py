@@ -7,6 +7,7 @@ Call flow of ``train.py``/``test.py``::
         -> runner.train() / runner.test()
 """
 import argparse
+import ast
 import os.path as osp
 import re
 import sys
@@ -20,7 +21,8 @@ from mmengine.utils import import_modules_from_strings
 from mmseg.registry import RUNNERS
 
 from .config_keys import (ConfigKeyError, check_config_keys,
-                          check_override_keys, translate_legacy_keys)
+                          check_override_keys, check_types,
+                          translate_legacy_keys)
 from .distributed import LAUNCHERS
 
 __all__ = [
@@ -203,9 +205,11 @@ def load_config(path: str,
     command-line overrides into it.
 
     ``custom_imports`` may be a list of modules or mmengine's
-    ``dict(imports=[...], allow_failed_imports=False)``. Keys that nothing
-    would read end the script naming the closest keys, and mmseg 0.x keys
-    move to their 1.x places (see :mod:`.config_keys`). A dataloader left
+    ``dict(imports=[...], allow_failed_imports=False)``. A syntax error
+    ends the script naming the file, line and text; keys that nothing
+    would read and types that no registry has end it naming the closest
+    names, and mmseg 0.x keys move to their 1.x places (see
+    :mod:`.config_keys`). A dataloader left
     without workers gets ``persistent_workers=False``, which torch requires.
 
     Args:
@@ -219,7 +223,10 @@ def load_config(path: str,
         Config: the merged config.
     """
     changes = []
-    cfg = Config.fromfile(path, import_custom_modules=False)
+    try:
+        cfg = Config.fromfile(path, import_custom_modules=False)
+    except SyntaxError as error:
+        fail(_syntax_error(path, error))
     _import_custom_modules(cfg, path)
     merged = {}
     try:
@@ -230,9 +237,10 @@ def load_config(path: str,
             changes += translations
             merged.update(translated)
         check_override_keys(cfg, merged)
+        cfg.merge_from_dict(merged)
+        check_types(cfg)
     except ConfigKeyError as error:
         fail(str(error))
-    cfg.merge_from_dict(merged)
     for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         loader = cfg.get(name)
         if (loader and loader.get('num_workers') == 0
@@ -247,6 +255,32 @@ def load_config(path: str,
     else:
         notes += changes
     return cfg
+
+
+def _syntax_error(path: str, error: SyntaxError) -> str:
+    """A config's syntax error as ``file, line N: message: text``.
+
+    mmengine 0.10.7 parses config files without their names, so its error
+    says ``"<unknown>"``; the file and its ``_base_`` files (local ones)
+    are parsed again here, with their names.
+    """
+    with open(path, encoding='utf-8') as f:
+        try:
+            tree = ast.parse(f.read(), filename=path)
+        except SyntaxError as found:
+            return (f'{path}, line {found.lineno}: {found.msg}: '
+                    f'{(found.text or "").strip()}')
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and getattr(node.targets[0], 'id', None) == '_base_'):
+            bases = ast.literal_eval(node.value)
+            for base in [bases] if isinstance(bases, str) else bases:
+                base = osp.join(osp.dirname(path), base)
+                if '::' not in base and osp.isfile(base):
+                    message = _syntax_error(base, error)
+                    if message != str(error):
+                        return message
+    return str(error)
 
 
 def _import_custom_modules(cfg: Config, path: str) -> None:

@@ -7,7 +7,8 @@ mmengine's ``merge_from_dict`` adds whatever key it is given, so a misspelt
 :func:`check_override_keys` refuses a key that the config lacks and the
 class built from its dict does not take; :func:`check_config_keys` refuses
 top-level keys of a config file that are near-misses of the runner's
-(``load_form``). Errors name the closest keys (``difflib``).
+(``load_form``); :func:`check_types` refuses a ``type`` that no registry
+has. Errors name the closest keys (``difflib``).
 """
 import difflib
 import inspect
@@ -20,7 +21,8 @@ from mmseg import registry as mmseg_registry
 
 __all__ = [
     'LEGACY_KEYS', 'RUNNER_KEYS', 'ConfigKeyError', 'registered',
-    'check_config_keys', 'translate_legacy_keys', 'check_override_keys'
+    'check_config_keys', 'check_types', 'translate_legacy_keys',
+    'check_override_keys'
 ]
 
 # mmseg 0.x keys that users paste from the original README and old notes,
@@ -66,6 +68,14 @@ _BUILDER_KEYS = {
 }
 
 
+def _registries() -> List[Registry]:
+    """mmseg's registries, with their names imported."""
+    registries = [getattr(mmseg_registry, n) for n in mmseg_registry.__all__]
+    for registry in registries:
+        registry.import_from_location()
+    return registries
+
+
 class ConfigKeyError(ValueError):
     """A config key that nothing reads; the message names the closest."""
 
@@ -83,9 +93,7 @@ def registered(type_: Any, registry: Optional[Registry] = None) -> Any:
     """
     if not isinstance(type_, str):
         return type_
-    registries = [registry] if registry else [
-        getattr(mmseg_registry, name) for name in mmseg_registry.__all__
-    ]
+    registries = [registry] if registry else _registries()
     for found in (r.get(type_) for r in registries):
         if found is not None:
             return found
@@ -115,6 +123,46 @@ def check_config_keys(cfg: Config, path: str = 'the config') -> None:
                 f'{path}: top-level key {key!r} is read by nothing; did you '
                 f'mean {close[0]!r}? (rename a config variable that only '
                 'looks like it)')
+
+
+def check_types(cfg: Config) -> None:
+    """Refuse a ``type`` that no registry has, before anything is built.
+
+    mmengine's registry would raise a ``KeyError`` deep in the build, after
+    printing the whole config. Scoped names (``mmpretrain.X``) are left to
+    their scope's registry.
+
+    Args:
+        cfg (Config): the merged config.
+
+    Raises:
+        ConfigKeyError: naming the key, the type and the closest names.
+    """
+    for key, type_ in _types(cfg.to_dict(), ''):
+        if '.' in type_ or registered(type_) is not None:
+            continue
+        names = set()
+        for registry in _registries():
+            names.update(registry.module_dict)
+            if registry.parent is not None:
+                names.update(registry.parent.module_dict)
+        close = difflib.get_close_matches(type_, sorted(names), n=3)
+        raise ConfigKeyError(
+            f'{key} {type_!r} is not registered; ' +
+            (f'closest: {", ".join(close)}' if close else
+             'is its module in custom_imports?'))
+
+
+def _types(node: Any, key: str):
+    """``(key, type)`` for every string ``type`` in a nested config."""
+    items = (node.items() if isinstance(node, dict) else
+             enumerate(node) if isinstance(node, (list, tuple)) else ())
+    for name, value in items:
+        where = f'{key}.{name}' if key else str(name)
+        if name == 'type' and isinstance(value, str):
+            yield where, value
+        else:
+            yield from _types(value, where)
 
 
 def translate_legacy_keys(cfg: Config,

@@ -295,6 +295,24 @@ def _test_cfg(*argv: str):
     return test_script.prepare_config(test_script.parse_args(argv))
 
 
+@pytest.mark.parametrize('option, message', [
+    ('train_cfg.max_iters=0',
+     'train_cfg.max_iters must be a whole number >= 1, got 0'),
+    ('train_dataloader.dataset.pipeline.3.crop_size=(80,72)',
+     'train_dataloader.dataset.pipeline.3.crop_size (80, 72) (RandomCrop) '
+     'is larger than model.data_preprocessor.size (64, 64), to which every '
+     'image of a batch is padded: a larger crop cannot be stacked with the '
+     'padded images. Set both to the same size'),
+])
+def test_train_refuses_a_schedule_or_crop_that_cannot_work(
+        tiny_config, option, message):
+    """max_iters=0 ended with exit 0 and no checkpoint; the crop failed in
+    torch.stack at the first batch."""
+    with pytest.raises(SystemExit) as exit:
+        _train_cfg(str(tiny_config), '--cfg-options', option)
+    assert str(exit.value) == f'error: {message}'
+
+
 def test_train_flags_edit_the_config(tiny_config, tmp_path):
     cfg, notes = _train_cfg(str(tiny_config))
     assert cfg.work_dir == './work_dirs/tiny_regproxy'

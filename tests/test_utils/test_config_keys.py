@@ -8,7 +8,7 @@ from mmseg.registry import MODELS
 from regproxy.utils import load_config, registered
 from regproxy.utils.config_keys import (LEGACY_KEYS, ConfigKeyError,
                                         check_config_keys, check_override_keys,
-                                        translate_legacy_keys)
+                                        check_types, translate_legacy_keys)
 from tests.conformance import CONFIG_DIR
 from tests.tiny_models import tiny_segmentor_cfg
 
@@ -231,3 +231,40 @@ def test_segmentor_refuses_unknown_test_cfg_keys():
                        match="test_cfg.strid is not a setting "
                        "of PaddedSlideEncoderDecoder: did you mean 'stride'"):
         MODELS.build(cfg)
+
+
+# Types and syntax, before anything is built ---------------------------------
+
+
+def test_every_config_names_registered_types():
+    for path in sorted(CONFIG_DIR.glob('**/*.py')):
+        check_types(Config.fromfile(path))
+
+
+@pytest.mark.parametrize('options, message', [
+    ({'model.backbone.type': 'RegionProxyVit'},
+     "model.backbone.type 'RegionProxyVit' is not registered; closest: "
+     'RegionProxyViT'),
+    ({'train_dataloader.dataset.pipeline.0.type': 'NoSuchTransformAtAll'},
+     "train_dataloader.dataset.pipeline.0.type 'NoSuchTransformAtAll' is not "
+     'registered; is its module in custom_imports?'),
+])
+def test_an_unregistered_type_is_named_with_the_closest(options, message):
+    """mmengine's registry raised a KeyError after a 400-line config
+    dump."""
+    with pytest.raises(SystemExit) as exit:
+        load_config(T16_ADE, options)
+    assert str(exit.value).startswith(f'error: {message}')
+
+
+def test_a_syntax_error_names_the_file_line_and_text(tmp_path):
+    """mmengine parses config files without their names ("<unknown>")."""
+    base = tmp_path / 'base.py'
+    base.write_text('a = 1\nb = dict(c=2\nd = 3\n')
+    leaf = tmp_path / 'leaf.py'
+    leaf.write_text("_base_ = ['base.py']\ne = 4\n")
+    for path in (base, leaf):
+        with pytest.raises(SystemExit) as exit:
+            load_config(str(path))
+        assert str(exit.value) == (
+            f"error: {base}, line 2: '(' was never closed: b = dict(c=2")
