@@ -4,9 +4,10 @@ mmseg's ``BaseDecodeHead.loss_by_feat`` resizes a head's (B, K, h, w)
 logits to the label size (B, K, H, W), then takes the cross-entropy and the
 top-k accuracy; autograd keeps the resized logits and their log-softmax, two
 K x H x W copies, for backward, and the resize's backward is slow on the
-CPU. :func:`resized_cross_entropy` resizes, scores and drops one tile of
-label rows at a time, and backward recomputes each tile: the same loss and
-gradient (to rounding), with tiles small enough to stay in the cache.
+CPU. :func:`resized_cross_entropy` resizes and scores one tile of label rows
+at a time and takes the tile's gradient back to the logits in the same
+pass: the same loss and gradient (to rounding), no K x H x W tensor, and
+tiles small enough to stay in the cache.
 """
 import contextlib
 from typing import Optional, Sequence, Tuple
@@ -112,9 +113,9 @@ def resize_rows_backward(grad: torch.Tensor, rows: Sequence[list],
 
 def _tiles(logits: torch.Tensor, labels: torch.Tensor, align_corners: bool,
            tile_elements: int):
-    """Yield ``(start, first, last, row taps, label tile)`` over the label
-    rows: the tile's first label row, the logit rows ``first:last`` that
-    it reads and their taps (:func:`row_taps`, as lists)."""
+    """Yield ``(first, last, row taps, label tile)`` over the label rows:
+    the logit rows ``first:last`` that a tile reads, their taps
+    (:func:`row_taps`, as lists) and the tile's labels."""
     B, K, h, _ = logits.shape
     H, W = labels.shape[1:]
     step = max(1, tile_elements // (B * K * W))
@@ -123,8 +124,7 @@ def _tiles(logits: torch.Tensor, labels: torch.Tensor, align_corners: bool,
         stop = min(start + step, H)
         first, last, *rows = row_taps(start, stop, h, H, align_corners,
                                       dtype)
-        yield (start, first, last, [r.tolist() for r in rows],
-               labels[:, start:stop])
+        yield first, last, [r.tolist() for r in rows], labels[:, start:stop]
 
 
 def _column_taps(logits: torch.Tensor, width: int, align_corners: bool):
@@ -147,69 +147,59 @@ def _pixel_weights(labels: torch.Tensor, class_weight: Optional[torch.Tensor],
 
 
 class _TiledCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy and correct count over tiles; backward
-    recomputes each tile (see :func:`resized_cross_entropy`)."""
+    """Summed cross-entropy and correct count over tiles, with the gradient
+    (see :func:`resized_cross_entropy`)."""
 
     @staticmethod
     def forward(ctx, logits, labels, class_weight, ignore_index,
                 align_corners, tile_elements):
-        B, _, W = labels.shape
-        columns = _column_taps(logits, W, align_corners)
+        B, K = logits.shape[:2]
+        columns = _column_taps(logits, labels.shape[2], align_corners)
         loss = logits.new_zeros(())
         correct = labels.new_zeros(())
-        # log(sum(exp(logits))) of every pixel, kept for backward's softmax.
-        log_sum_exp = logits.new_empty(labels.shape)
-        for start, first, last, rows, tile_labels in _tiles(
-                logits, labels, align_corners, tile_elements):
-            band = resize_columns(logits[:, :, first:last], columns)
+        # The loss is a sum, so its gradient is known here, up to the factor
+        # backward() receives: computing it now spares recomputing every
+        # tile in backward (the logits' gradient is as small as they are).
+        grad = torch.zeros_like(logits) if ctx.needs_input_grad[0] else None
+        for first, last, rows, tile_labels in _tiles(logits, labels,
+                                                     align_corners,
+                                                     tile_elements):
+            band = logits[:, :, first:last]
+            if grad is not None:
+                band = band.detach().requires_grad_()
+            with torch.set_grad_enabled(grad is not None):
+                columns_resized = resize_columns(band, columns)
+            tile = resize_rows(columns_resized.detach(), rows)
             # (pixels, K): softmax and reductions over the last dimension of
             # a 2-d tensor run 2x faster than over that of a 4-d one.
-            tile = resize_rows(band, rows).view(-1, logits.shape[1])
-            tile_labels = tile_labels.reshape(-1)
+            pixels = tile.view(-1, K)
+            tile_labels = tile_labels.reshape(-1, 1)
             safe, weight = _pixel_weights(tile_labels, class_weight,
                                           ignore_index, tile.dtype)
-            picked = tile.gather(1, safe[:, None])[:, 0]
-            picked_log_p = tile.log_softmax(1).gather(1, safe[:, None])[:, 0]
-            loss -= (picked_log_p * weight).sum()
-            log_sum_exp[:, start:start + len(rows[0])] = (
-                picked - picked_log_p).view(B, -1, W)
             # Correct where the label's logit is the largest: a comparison
             # instead of an argmax, which is 6x slower on the CPU.
-            best = picked >= tile.amax(1)
+            best = pixels.gather(1, safe) >= pixels.amax(1, keepdim=True)
             correct += (best & (tile_labels != ignore_index)).sum()
-        ctx.save_for_backward(logits, labels, class_weight, log_sum_exp)
-        ctx.settings = (ignore_index, align_corners, tile_elements)
+            log_p = pixels.log_softmax(1)
+            loss -= (log_p.gather(1, safe) * weight).sum()
+            if grad is None:
+                continue
+            # d(loss)/d(logit) = weight * (softmax - one-hot of label)
+            pixels_grad = log_p.exp_().mul_(weight)
+            pixels_grad.scatter_add_(1, safe, -weight)
+            band_grad, = torch.autograd.grad(
+                columns_resized, band,
+                resize_rows_backward(pixels_grad.view(tile.shape), rows,
+                                     band.shape[2]))
+            grad[:, :, first:last] += band_grad
+        ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(correct)
         return loss, correct
 
     @staticmethod
     def backward(ctx, grad_loss, _):
-        logits, labels, class_weight, log_sum_exp = ctx.saved_tensors
-        ignore_index, align_corners, tile_elements = ctx.settings
-        columns = _column_taps(logits, labels.shape[2], align_corners)
-        grad = torch.zeros_like(logits)
-        # Recomputed in the precision of the forward pass, whatever autocast
-        # the caller of backward() has open.
-        with without_autocast(logits.device.type):
-            for start, first, last, rows, tile_labels in _tiles(
-                    logits, labels, align_corners, tile_elements):
-                band = logits[:, :, first:last].detach().requires_grad_()
-                with torch.enable_grad():
-                    columns_resized = resize_columns(band, columns)
-                tile = resize_rows(columns_resized.detach(), rows)
-                safe, weight = _pixel_weights(tile_labels, class_weight,
-                                              ignore_index, tile.dtype)
-                # d(loss)/d(tile) = weight * (softmax - one-hot of label)
-                weight = (weight * grad_loss)[..., None]
-                tile_lse = log_sum_exp[:, start:start + len(rows[0]), :,
-                                       None]
-                tile_grad = tile.sub_(tile_lse).exp_().mul_(weight)
-                tile_grad.scatter_add_(-1, safe[..., None], -weight)
-                band_grad, = torch.autograd.grad(
-                    columns_resized, band,
-                    resize_rows_backward(tile_grad, rows, band.shape[2]))
-                grad[:, :, first:last] += band_grad
-        return grad, None, None, None, None, None
+        grad, = ctx.saved_tensors
+        return grad * grad_loss, None, None, None, None, None
 
 
 def resized_cross_entropy(
@@ -225,8 +215,9 @@ def resized_cross_entropy(
     The same as ``F.cross_entropy(F.interpolate(logits, labels.shape[1:],
     mode='bilinear', align_corners=align_corners), labels,
     weight=class_weight, ignore_index=ignore_index, reduction='sum')``,
-    computed one tile of label rows at a time: no (B, K, H, W) tensor is
-    built, neither here nor in backward, which recomputes the tiles.
+    computed one tile of label rows at a time, with its gradient (for
+    logits that require one): no (B, K, H, W) tensor is built, and backward
+    only scales the gradient.
 
     Args:
         logits (Tensor): (B, K, h, w).

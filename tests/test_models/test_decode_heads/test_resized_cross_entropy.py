@@ -122,3 +122,17 @@ def test_no_labelled_pixel_gives_zero_loss_and_gradient():
     loss.backward()
     assert loss.item() == 0 and correct.item() == 0
     assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_without_autograd_the_loss_is_the_same():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 6, 6, dtype=torch.float64,
+                         generator=generator)
+    labels = random_labels((2, 24, 24), 5, generator)
+    with torch.no_grad():
+        loss, correct = resized_cross_entropy(logits.requires_grad_(),
+                                              labels)
+    assert not loss.requires_grad
+    loss_ref, correct_ref = reference(logits.detach(), labels)
+    torch.testing.assert_close(loss, loss_ref)
+    assert correct == correct_ref
