@@ -22,7 +22,8 @@ from mmseg.registry import MODELS
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
 
 from ..utils.checkpoint_filter import checkpoint_filter_fn
-from ..utils.safe_checkpoint_loader import (check_state_dict_fits,
+from ..utils.safe_checkpoint_loader import (CheckpointError,
+                                            check_state_dict_fits,
                                             load_checkpoint_file)
 from .frozen_stages import check_frozen_stages
 from .hybrid_embed import HYBRID_STEMS, HybridPatchEmbed
@@ -355,11 +356,22 @@ class RegionProxyViT(BaseModule):
 
         The file (a path or URL) is read safely (:func:`load_checkpoint_file`)
         and converted by :func:`checkpoint_filter_fn`; missing and
-        unexpected keys are reported in a warning, tensors of another shape
-        refused (a CheckpointError).
+        unexpected keys are reported in a warning with the count loaded, a
+        file of which no key fits or tensors of another shape refused (a
+        CheckpointError).
         """
         checkpoint = load_checkpoint_file(filename)
         state_dict = checkpoint_filter_fn(checkpoint, self)
+        own = list(self.state_dict())
+        if not set(own) & set(state_dict):
+            theirs = list(state_dict)
+            raise CheckpointError(
+                f'none of the {len(theirs)} keys of {filename} fits '
+                f'{type(self).__name__} ({len(own)} keys): the file has '
+                f'{", ".join(theirs[:3]) or "no tensors"}'
+                f'{" ..." if len(theirs) > 3 else ""}, the backbone '
+                f'{", ".join(own[:3])} ...; expected the ImageNet weights '
+                'of a ViT (timm, DeiT or mmseg names)')
         try:
             missing, unexpected = self.load_state_dict(state_dict,
                                                        strict=False)
@@ -374,10 +386,11 @@ class RegionProxyViT(BaseModule):
             return
         print_log(
             f'{filename} only partly fits {type(self).__name__}: '
+            f'{len(own) - len(missing)} of {len(own)} tensors loaded; '
             f'{len(missing)} missing keys ({", ".join(missing[:5]) or "-"}'
             f'{" ..." if len(missing) > 5 else ""}), {len(unexpected)} '
             f'unexpected keys ({", ".join(unexpected[:5]) or "-"}'
-            f'{" ..." if len(unexpected) > 5 else ""}); the rest is loaded',
+            f'{" ..." if len(unexpected) > 5 else ""})',
             logger='current', level=logging.WARNING)
 
     def _pos_embed(self, x: torch.Tensor, grid: Tuple[int, int]):

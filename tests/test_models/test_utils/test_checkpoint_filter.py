@@ -13,7 +13,7 @@ import torch
 from mmengine.logging import MMLogger
 
 from regproxy.engine import CheckpointError
-from regproxy.models.backbones import RegionProxyViT
+from regproxy.models.backbones import RegionProxyViT, TimmRegionProxyViT
 from regproxy.models.utils import checkpoint_filter_fn
 from tests.conformance import (REPO_ROOT, conformance_path, published_config)
 
@@ -144,9 +144,10 @@ def test_partly_fitting_pretrained_file_warns_with_counts(tmp_path):
     finally:
         logger.removeHandler(handler)
     warnings = [r.getMessage() for r in records if r.levelname == 'WARNING']
-    assert any(re.search(r'vit12.pth only partly fits RegionProxyViT: 0 '
-                         r'missing keys \(-\), 96 unexpected keys '
-                         r'\(layers\.4\.', w) for w in warnings), warnings
+    assert any(re.search(r'vit12.pth only partly fits RegionProxyViT: '
+                         r'53 of 53 tensors loaded; 0 missing keys \(-\), '
+                         r'96 unexpected keys \(layers\.4\.', w)
+               for w in warnings), warnings
     assert any('pos_embed resampled from a 14x14 to a 4x4 grid'
                in r.getMessage() for r in records)
 
@@ -158,6 +159,34 @@ def test_pretrained_file_of_another_width_is_refused(tmp_path):
     backbone = RegionProxyViT(img_size=64, embed_dims=192, num_heads=3,
                               num_layers=12, out_indices=(4, 11),
                               pretrained=str(path))
+    with pytest.raises(CheckpointError, match=(
+            r'vit_s.pth does not fit the model: cls_token \(1, 1, 384\) in '
+            r'the checkpoint, \(1, 1, 192\) in the model')):
+        backbone.init_weights()
+
+
+def test_pretrained_file_of_which_no_key_fits_is_refused(tmp_path):
+    path = tmp_path / 'resnet.pth'
+    torch.save(timm.create_model('resnet18').state_dict(), path)
+    backbone = RegionProxyViT(img_size=64, embed_dims=32, num_heads=2,
+                              num_layers=2, out_indices=(0, 1),
+                              pretrained=str(path))
+    before = backbone.cls_token.clone()
+    with pytest.raises(CheckpointError) as error:
+        backbone.init_weights()
+    assert str(error.value) == (
+        f'none of the 122 keys of {path} fits RegionProxyViT (29 keys): the '
+        'file has conv1.weight, bn1.weight, bn1.bias ..., the backbone '
+        'cls_token, pos_embed, patch_embed.projection.weight ...; expected '
+        'the ImageNet weights of a ViT (timm, DeiT or mmseg names)')
+    assert torch.equal(backbone.cls_token, before)
+
+
+def test_timm_vit_s_weights_into_a_timm_vit_ti_are_refused(tmp_path):
+    path = tmp_path / 'vit_s.pth'
+    torch.save(timm.create_model('vit_small_patch16_224').state_dict(), path)
+    backbone = TimmRegionProxyViT('vit_tiny_patch16_224', img_size=64,
+                                  out_indices=(4, 11), pretrained=str(path))
     with pytest.raises(CheckpointError, match=(
             r'vit_s.pth does not fit the model: cls_token \(1, 1, 384\) in '
             r'the checkpoint, \(1, 1, 192\) in the model')):
