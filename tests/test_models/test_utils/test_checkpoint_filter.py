@@ -12,7 +12,7 @@ import timm
 import torch
 from mmengine.logging import MMLogger
 
-from regproxy.engine import CheckpointError
+from regproxy.engine import CheckpointError, load_checkpoint_file
 from regproxy.models.backbones import RegionProxyViT, TimmRegionProxyViT
 from regproxy.models.utils import checkpoint_filter_fn
 from tests.conformance import (REPO_ROOT, conformance_path, published_config)
@@ -82,10 +82,11 @@ def test_pretrained_file_loads_with_values(tmp_path):
     torch.testing.assert_close(backbone.pos_embed[:, 0], sd['pos_embed'][:, 0])
 
 
-def test_converter_command_line(tmp_path):
+@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
+def test_converter_command_line(tmp_path, suffix):
     source = timm.create_model(
         'deit_tiny_distilled_patch16_224', pretrained=False)
-    src, dst = tmp_path / 'deit.pth', tmp_path / 'converted.pth'
+    src, dst = tmp_path / 'deit.pth', tmp_path / f'converted{suffix}'
     torch.save({'model': source.state_dict()}, src)
     config = (REPO_ROOT / 'configs' / 'regproxy_ade20k' /
               'regproxy-b16-sub4+implicit-mid-4+512x512+160k+adamw-cr+ade20k.py')
@@ -93,7 +94,8 @@ def test_converter_command_line(tmp_path):
         sys.executable, 'tools/model_converters/vit2regproxy.py',
         str(src), str(dst), '--config', str(config)
     ], cwd=REPO_ROOT, check=True)
-    state_dict = torch.load(dst)['state_dict']
+    state_dict = load_checkpoint_file(dst)
+    state_dict = state_dict.get('state_dict', state_dict)
     assert state_dict['pos_embed'].shape == (1, 32 * 32 + 2, 192)
     assert 'dist_token' in state_dict and 'layers.0.ln1.weight' in state_dict
     assert not any(k.startswith(('head', 'blocks')) for k in state_dict)
