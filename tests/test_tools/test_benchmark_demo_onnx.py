@@ -126,6 +126,22 @@ def test_benchmark_head_only_prints_both_forms(tiny, capsys):
                 rf'64x64 +{mode} +float32 +{path}( +[\d.]+){{4}}', out)
 
 
+def test_benchmark_frozen_times_training_with_a_frozen_backbone(tiny,
+                                                                 capsys):
+    cfg = Config.fromfile(tiny[0])
+    frozen = benchmark.build_model(cfg, 'frozen', torch.device('cpu'))
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+    assert all(p.requires_grad for p in frozen.decode_head.parameters())
+    benchmark.main([tiny[0], '--frozen', '--shape', '64', '64', '--iters',
+                    '1', '--warmup', '0', '--dtypes', 'float32'])
+    out = capsys.readouterr().out
+    for path in benchmark.FROZEN_PATHS:
+        assert re.search(rf'64x64 +train +float32 +{path}( +[\d.]+){{4}}',
+                         out)
+    assert ' infer ' not in out  # a frozen backbone infers as a full one
+    assert re.search(r'train +float32 +speed x[\d.]+ +memory x[\d.]+', out)
+
+
 def test_benchmark_refuses_two_reference_paths(tiny):
     with pytest.raises(SystemExit):
         benchmark.main([tiny[0], '--head-only', '--compile'])

@@ -4,7 +4,7 @@ reference implementation of the same model, side by side in one run.
     python tools/analysis/benchmark.py CONFIG [CHECKPOINT] [--shape H W]
         [--batch N] [--train-batch N] [--iters N] [--warmup N]
         [--dtypes float32 bfloat16] [--train] [--with-cp]
-        [--compile | --head-only]
+        [--compile | --head-only | --frozen]
 
 The two paths timed (ours first):
 
@@ -17,7 +17,10 @@ The two paths timed (ours first):
 - ``--head-only``: ``ProxyHead`` alone on random token maps, accumulating
   the 9 neighbouring regions (ours) vs materialising them with ``F.unfold``;
   without ``--shape``, at the token grids of 512x512, 640x640 and 512x2048
-  images.
+  images;
+- ``--frozen``: training steps of ours with the whole backbone frozen
+  (``frozen_stages`` = its number of layers: only the head trains) vs ours
+  training in full.
 
 Both paths first run one float32 input and must give the same logits. After
 warm-up their steps alternate call by call, so load from other processes
@@ -59,6 +62,7 @@ from regproxy.utils import (DTYPES, add_shape_arg, add_trust_checkpoint_arg,
 PATHS = ('ours', 'straightforward')
 COMPILE_PATHS = ('compiled', 'ours')
 HEAD_PATHS = ('accumulated', 'unfold')
+FROZEN_PATHS = ('frozen', 'full')
 # Image sizes (H, W) whose token grids --head-only measures by default.
 HEAD_INPUTS = ((512, 512), (640, 640), (512, 2048))
 MEMORY_STEPS = 2  # calls of a step during a peak-memory measurement
@@ -116,13 +120,20 @@ def repo_script(name: str) -> dict:
 
 def build_model(cfg: Config, path: str, device: torch.device) -> nn.Module:
     """The segmentor timed as ``path`` (one of :data:`PATHS`,
-    :data:`COMPILE_PATHS`, :data:`HEAD_PATHS`; ``compiled``: ours with a
-    compiled ``encode_decode``), with PyTorch's default initialisation: the
-    two paths get the same weights by copying, so no pretrained file is
+    :data:`COMPILE_PATHS`, :data:`HEAD_PATHS`, :data:`FROZEN_PATHS`;
+    ``compiled``: ours with a compiled ``encode_decode``; ``frozen``: ours
+    with the whole backbone frozen), with PyTorch's default initialisation:
+    the two paths get the same weights by copying, so no pretrained file is
     read."""
     model_cfg = (straightforward_cfg(cfg.model) if path == 'straightforward'
                  else standalone_model_cfg(cfg.model))
-    model = MODELS.build(model_cfg).to(device)
+    model = MODELS.build(model_cfg)
+    if path == 'frozen':
+        backbone = model.backbone
+        model_cfg['backbone']['frozen_stages'] = getattr(
+            backbone, 'num_layers', None) or len(backbone.layers)
+        model = MODELS.build(model_cfg)
+    model = model.to(device)
     if path == 'unfold':
         model.decode_head.use_unfold = True
     if path == 'compiled':
@@ -320,7 +331,8 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
     """Check that both paths agree, then time and measure each case."""
     device = torch.device(args.device)
     paths = (HEAD_PATHS if args.head_only else
-             COMPILE_PATHS if args.compile else PATHS)
+             COMPILE_PATHS if args.compile else
+             FROZEN_PATHS if args.frozen else PATHS)
     torch.manual_seed(0)
     models = {path: build_model(cfg, path, device) for path in paths}
     ours, other = models.values()
@@ -348,7 +360,10 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
         fail('the two paths disagree; timings would compare different models')
     rows = []
     for shape in args.shapes:
-        for mode in ['infer'] + (['train'] if args.train else []):
+        # a frozen backbone infers as a trained one: training steps only
+        modes = ((['infer'] if not args.frozen else []) +
+                 (['train'] if args.train or args.frozen else []))
+        for mode in modes:
             for dtype in args.dtypes:
                 steps = {
                     path: make_step(args, model, mode, dtype, shape)
@@ -423,6 +438,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     paths.add_argument(
         '--head-only', action='store_true',
         help='time ProxyHead alone, accumulated against unfold form')
+    paths.add_argument(
+        '--frozen', action='store_true',
+        help='time training steps with the whole backbone frozen (only the '
+        'head trains) against training in full')
     parser.add_argument(
         '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     add_trust_checkpoint_arg(parser)
