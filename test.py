@@ -25,12 +25,15 @@ try:  # a broken install gets a diagnosis instead of a traceback
     import torch
     from mmengine.config import Config, DictAction
     from mmengine.device import get_device
+    from mmengine.dist import barrier, is_main_process
+    from mmengine.hooks import Hook
     from mmseg.datasets import CityscapesDataset
     from mmseg.registry import DATASETS
 
     from regproxy.datasets import (check_data_roots, leaf_datasets,
                                    use_checked_loaders)
-    from regproxy.engine import CheckpointError, unwrap_model
+    from regproxy.engine import (CheckpointError, WorkDirBusyError,
+                                 WorkDirLock, unwrap_model)
     from regproxy.utils import (DTYPES, add_common_args, build_runner,
                                 end_process_group, fail, load_config,
                                 parse_with_paths, registered, set_work_dir,
@@ -67,7 +70,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="multi-scale + flip test: the config's tta_pipeline and "
         'tta_model')
     parser.add_argument(
-        '--out', help='folder for the predicted label maps (one PNG each)')
+        '--out',
+        help='folder for the predicted label maps (one PNG each); refused '
+        'when it holds files already, or while another run writes into it')
+    parser.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='let --out hold earlier files: PNGs of the same names are '
+        'replaced, the others stay and are listed at the end')
     parser.add_argument(
         '--format-only',
         action='store_true',
@@ -186,7 +196,9 @@ def configure_evaluator(cfg: Config, args: argparse.Namespace) -> List[str]:
 
     Args:
         cfg (Config): config to update in place.
-        args (argparse.Namespace): parsed options.
+        args (argparse.Namespace): parsed options; ``args.out`` is set to
+            the folder the predictions go to (``--format-only``'s default
+            included), which :func:`main` claims.
 
     Returns:
         list[str]: notes to log.
@@ -201,9 +213,8 @@ def configure_evaluator(cfg: Config, args: argparse.Namespace) -> List[str]:
     if args.format_only and out is None:
         out = osp.join(cfg.work_dir, 'format_results')
     if out is not None:
-        # IoUMetric makes it on rank 0 only; other ranks may write first.
-        os.makedirs(out, exist_ok=True)
         notes.append(f'Predicted label maps go to {out}.')
+    args.out = out
     evaluator = cfg.test_evaluator
     metrics = evaluator if isinstance(evaluator, list) else [evaluator]
     if args.format_only and reads_cityscapes(cfg):
@@ -234,6 +245,65 @@ def configure_evaluator(cfg: Config, args: argparse.Namespace) -> List[str]:
     cfg.test_evaluator = metrics if isinstance(evaluator, list) else (
         metrics[0])
     return notes
+
+
+def claim_out(out: str, overwrite: bool) -> WorkDirLock:
+    """Hold the ``--out`` folder for this run.
+
+    Earlier predictions left in it would go unnoticed into a test-server
+    zip, and two runs into one folder would mix their files: the folder's
+    lock (:class:`WorkDirLock`) refuses a second live run, and a folder that
+    holds files is refused unless ``overwrite``.
+
+    Args:
+        out (str): the folder; created if missing.
+        overwrite (bool): ``--overwrite``.
+
+    Returns:
+        WorkDirLock: the lock, held; release it after the run.
+    """
+    os.makedirs(out, exist_ok=True)
+    lock = WorkDirLock(out)
+    try:
+        lock.acquire()
+    except WorkDirBusyError as err:
+        fail(f'--out {out}: {err}')
+    earlier = sorted(set(os.listdir(out)) - {osp.basename(lock.path)})
+    if earlier and not overwrite:
+        lock.release()
+        fail(f'--out {out} holds {len(earlier)} file(s) already ('
+             f'{", ".join(earlier[:3])}{", ..." * (len(earlier) > 3)}): '
+             "earlier predictions would mix with this run's. Give an empty "
+             'or new folder, or --overwrite to replace the PNGs of the same '
+             'names and keep the others')
+    return lock
+
+
+def files_left(out: str, lock: WorkDirLock) -> List[str]:
+    """The files in ``out`` older than its lock: not written by this run."""
+    since = os.stat(lock.path).st_mtime_ns
+    return sorted(
+        name for name in os.listdir(out)
+        if os.stat(osp.join(out, name)).st_mtime_ns < since)
+
+
+class ThinImageCheck(Hook):
+    """Stop at an image with a side of one pixel before ``IoUMetric``
+    writes its prediction to ``--out``: mmseg 1.2.2 squeezes the label map
+    there, so a 1x1 map fails with an ``IndexError`` and a 1xW one is
+    written as a Wx1 PNG."""
+
+    def before_test_iter(self, runner, batch_idx, data_batch=None):
+        samples = data_batch['data_samples']
+        if isinstance(samples[0], (list, tuple)):  # one list per view (TTA)
+            samples = [sample for view in samples for sample in view]
+        for sample in samples:
+            height, width = sample.ori_shape
+            if min(height, width) < 2:
+                fail(f'{sample.img_path} is {height}x{width} pixels: --out '
+                     "cannot write its prediction (mmseg's IoUMetric writes "
+                     'a label map with a side of 1 pixel wrongly). Leave the '
+                     'image out of the test set, or test without --out')
 
 
 def enable_visualization(cfg: Config, args: argparse.Namespace) -> None:
@@ -361,10 +431,26 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
             runner.logger.warning(f'--compile: {CPU_COMPILE_NOTE}.')
     if args.dtype != 'float32' and get_device() != 'cpu':
         torch.set_autocast_dtype(get_device(), DTYPES[args.dtype])
+    lock = None
+    if args.out is not None:
+        runner.register_hook(ThinImageCheck())
+        if is_main_process():
+            lock = claim_out(args.out, args.overwrite)
+        barrier()  # no rank writes before the folder is claimed
     try:
-        return runner.test()
+        metrics = runner.test()
     except CheckpointError as err:
         fail(str(err))
+    finally:
+        if lock is not None:
+            left = files_left(args.out, lock)
+            lock.release()
+    if lock is not None and left:
+        runner.logger.warning(
+            f'--overwrite: {len(left)} earlier file(s) in {args.out} were '
+            f'not written by this run and stay: {", ".join(left[:10])}'
+            f'{", ..." * (len(left) > 10)}')
+    return metrics
 
 
 if __name__ == '__main__':

@@ -381,6 +381,72 @@ def test_test_reports_miou_and_writes_predictions(single_test):
     assert len(list(preds.glob('*.png'))) == 3
 
 
+def test_out_holding_files_is_refused_unless_overwrite(
+        tiny_config, trained, single_test, tmp_path, capsys):
+    """Earlier predictions stayed in --out without a word."""
+    out = tmp_path / 'preds'
+    out.mkdir()
+    (out / 'stale.png').write_bytes(b'earlier')
+    argv = [str(tiny_config), str(trained / 'iter_4.pth'), '--work-dir',
+            str(tmp_path), '--out', str(out)]
+    with pytest.raises(SystemExit) as exit:
+        _test(*argv)
+    assert str(exit.value) == (
+        f'error: --out {out} holds 1 file(s) already (stale.png): earlier '
+        "predictions would mix with this run's. Give an empty or new "
+        'folder, or --overwrite to replace the PNGs of the same names and '
+        'keep the others')
+    assert not (out / '.train.lock').exists()
+    _test(*argv, '--overwrite')
+    written = sorted(p.name for p in single_test[1].glob('*.png'))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ['stale.png', *written])
+    assert (f'--overwrite: 1 earlier file(s) in {out} were not written by '
+            'this run and stay: stale.png') in capsys.readouterr().out
+
+
+def test_a_second_run_on_one_out_is_refused(tiny_config, trained, tmp_path):
+    """Two runs on one --out overwrote each other silently."""
+    out = tmp_path / 'preds'
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, '-c',
+                               'import time; time.sleep(60)'])
+    try:
+        (out / '.train.lock').write_text(
+            f'{socket.gethostname()} {holder.pid}')
+        with pytest.raises(SystemExit) as exit:
+            _test(str(tiny_config), str(trained / 'iter_4.pth'),
+                  '--work-dir', str(tmp_path), '--out', str(out))
+        assert str(exit.value).startswith(f'error: --out {out}: ')
+        assert f'process {holder.pid}' in str(exit.value)
+        assert list(out.iterdir()) == [out / '.train.lock']
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_image_with_a_side_of_one_pixel_is_named_with_out(
+        tiny_config, trained, tmp_path):
+    """mmseg's IoUMetric squeezes the map: IndexError at 1x1, a transposed
+    PNG at 1xW."""
+    root = tmp_path / 'thin'
+    for folder in ('images', 'annotations'):
+        (root / folder / 'validation').mkdir(parents=True)
+    image = root / 'images' / 'validation' / 'thin.jpg'
+    cv2.imwrite(str(image), np.zeros((1, 1, 3), np.uint8))
+    cv2.imwrite(str(root / 'annotations' / 'validation' / 'thin.png'),
+                np.zeros((1, 1), np.uint8))
+    with pytest.raises(SystemExit) as exit:
+        _test(str(tiny_config), str(trained / 'iter_4.pth'), '--work-dir',
+              str(tmp_path), '--out', str(tmp_path / 'preds'),
+              '--cfg-options', f'test_dataloader.dataset.data_root={root}')
+    assert str(exit.value) == (
+        f"error: {image} is 1x1 pixels: --out cannot write its prediction "
+        "(mmseg's IoUMetric writes a label map with a side of 1 pixel "
+        'wrongly). Leave the image out of the test set, or test without '
+        '--out')
+
+
 def test_aug_test(tiny_config, trained, tmp_path, capsys):
     metrics = _test(
         str(tiny_config), str(trained / 'iter_4.pth'), '--aug-test', '--eval',
@@ -400,14 +466,15 @@ def test_dtype_autocasts_every_step(tiny_config, trained, tmp_path,
 
     from regproxy.models import PaddedSlideEncoderDecoder
     seen = []
-    encode_decode = PaddedSlideEncoderDecoder.encode_decode
+    extract_feat = PaddedSlideEncoderDecoder.extract_feat
 
     def recording(self, *args, **kwargs):
         seen.append((torch.is_autocast_enabled('cpu'),
                      torch.get_autocast_dtype('cpu')))
-        return encode_decode(self, *args, **kwargs)
+        return extract_feat(self, *args, **kwargs)
 
-    monkeypatch.setattr(PaddedSlideEncoderDecoder, 'encode_decode', recording)
+    # every slide window goes through extract_feat
+    monkeypatch.setattr(PaddedSlideEncoderDecoder, 'extract_feat', recording)
     _test(str(tiny_config), str(trained / 'iter_4.pth'), '--work-dir',
           str(tmp_path), '--dtype', 'bfloat16')
     assert len(seen) >= 3 and set(seen) == {(True, torch.bfloat16)}

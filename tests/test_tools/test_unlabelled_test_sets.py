@@ -47,7 +47,7 @@ def _on_folder(folder: Path) -> list:
     """--cfg-options that point the test set at the images in ``folder``."""
     return [
         '--cfg-options', f'test_dataloader.dataset.data_root={folder}',
-        'test_dataloader.dataset.data_prefix.img_path='
+        "test_dataloader.dataset.data_prefix.img_path=''"
     ]
 
 
