@@ -142,8 +142,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help='override config entries, e.g. '
         'model.backbone.drop_path_rate=0.2 train_dataloader.batch_size=4; '
         'a value keeps its spaces ("KEY=/data/my dir"), a comma makes a '
-        'list unless the value is quoted inside ("KEY=\'a,b\'"); the last '
-        'setting of a key wins')
+        'list unless the value is quoted inside ("KEY=\'a,b\'"); an empty '
+        'value is written KEY=None or "KEY=\'\'"; the last setting of a '
+        'key wins')
     parser.add_argument(
         '--launcher',
         choices=LAUNCHERS,
