@@ -15,8 +15,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 __all__ = [
-    'without_autocast', 'row_taps', 'resize_columns', 'resize_rows',
-    'resize_rows_backward', 'resized_cross_entropy'
+    'without_autocast', 'row_taps', 'rows_matrix', 'resize_columns',
+    'resize_rows', 'resize_rows_backward', 'resized_cross_entropy'
 ]
 
 # Elements (B * K * rows * W) of one tile: about 4 MiB of float32, which
@@ -73,58 +73,62 @@ def resize_columns(band: torch.Tensor,
     Returns:
         Tensor: (B, rows, W, K).
     """
-    # Classes last: the gathers, lerps and row copies below move runs of K
-    # values, and the softmax reduces contiguous memory.
+    # Classes last: the gathers and lerps below move runs of K values, the
+    # rows are contiguous for resize_rows, and the softmax reduces
+    # contiguous memory.
     band = band.permute(0, 2, 3, 1).contiguous()
     left, right, weight = columns
     return torch.lerp(band.index_select(2, left), band.index_select(2, right),
                       weight[:, None])
 
 
-def resize_rows(band: torch.Tensor, rows: Sequence[list]) -> torch.Tensor:
-    """Bilinear resize of the height of a (B, rows, W, K) band.
+def rows_matrix(top: torch.Tensor, bottom: torch.Tensor,
+                weight: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """The (T, rows) matrix of the taps of T output rows (from
+    :func:`row_taps`): two entries per row, ``1 - weight`` and ``weight``
+    (one entry of 1 where both taps are the same row)."""
+    rows = torch.arange(len(top), device=top.device)
+    matrix = weight.new_zeros(len(top), num_rows)
+    matrix.index_put_((rows, top), 1 - weight, accumulate=True)
+    matrix.index_put_((rows, bottom), weight, accumulate=True)
+    return matrix
 
-    Args:
-        band (Tensor): (B, rows, W, K), the input rows of :func:`row_taps`.
-        rows (Sequence[list]): ``(top, bottom, weight)`` of the T output
-            rows, from :func:`row_taps`, as lists.
 
-    Returns:
-        Tensor: (B, T, W, K).
+def resize_rows(band: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of the height: (B, rows, W, K) -> (B, T, W, K).
+
+    One matrix product with the (T, rows) :func:`rows_matrix`: its zeros
+    add nothing, and it replaces a lerp of two rows per output row (many
+    small operations, slow on two threads).
     """
-    top, bottom, weight = rows
-    out = band.new_empty(band.shape[0], len(top), *band.shape[2:])
-    # One lerp of two whole rows per output row: contiguous, no gather.
-    for i, (t, b, w) in enumerate(zip(top, bottom, weight)):
-        torch.lerp(band[:, t], band[:, b], w, out=out[:, i])
-    return out
+    B, num_rows = band.shape[:2]
+    out = matrix @ band.view(B, num_rows, -1)
+    return out.view(B, -1, *band.shape[2:])
 
 
-def resize_rows_backward(grad: torch.Tensor, rows: Sequence[list],
-                         num_rows: int) -> torch.Tensor:
+def resize_rows_backward(grad: torch.Tensor,
+                         matrix: torch.Tensor) -> torch.Tensor:
     """Gradient of :func:`resize_rows`: (B, T, W, K) -> (B, rows, W, K)."""
-    top, bottom, weight = rows
-    out = grad.new_zeros(grad.shape[0], num_rows, *grad.shape[2:])
-    for i, (t, b, w) in enumerate(zip(top, bottom, weight)):
-        out[:, t].add_(grad[:, i], alpha=1 - w)
-        out[:, b].add_(grad[:, i], alpha=w)
-    return out
+    B, T = grad.shape[:2]
+    out = matrix.T @ grad.reshape(B, T, -1)
+    return out.view(B, -1, *grad.shape[2:])
 
 
 def _tiles(logits: torch.Tensor, labels: torch.Tensor, align_corners: bool,
            tile_elements: int):
-    """Yield ``(first, last, row taps, label tile)`` over the label rows:
-    the logit rows ``first:last`` that a tile reads, their taps
-    (:func:`row_taps`, as lists) and the tile's labels."""
+    """Yield ``(first, last, rows matrix, label tile)`` over the label rows:
+    the logit rows ``first:last`` that a tile reads, the tile's
+    :func:`rows_matrix` and its labels."""
     B, K, h, _ = logits.shape
     H, W = labels.shape[1:]
     step = max(1, tile_elements // (B * K * W))
     dtype = torch.promote_types(logits.dtype, torch.float32)
     for start in range(0, H, step):
         stop = min(start + step, H)
-        first, last, *rows = row_taps(start, stop, h, H, align_corners,
-                                      dtype)
-        yield first, last, [r.tolist() for r in rows], labels[:, start:stop]
+        first, last, *taps = row_taps(start, stop, h, H, align_corners,
+                                      dtype, logits.device)
+        matrix = rows_matrix(*taps, last - first).to(logits.dtype)
+        yield first, last, matrix, labels[:, start:stop]
 
 
 def _column_taps(logits: torch.Tensor, width: int, align_corners: bool):
@@ -161,15 +165,15 @@ class _TiledCrossEntropy(torch.autograd.Function):
         # backward() receives: computing it now spares recomputing every
         # tile in backward (the logits' gradient is as small as they are).
         grad = torch.zeros_like(logits) if ctx.needs_input_grad[0] else None
-        for first, last, rows, tile_labels in _tiles(logits, labels,
-                                                     align_corners,
-                                                     tile_elements):
+        for first, last, matrix, tile_labels in _tiles(logits, labels,
+                                                       align_corners,
+                                                       tile_elements):
             band = logits[:, :, first:last]
             if grad is not None:
                 band = band.detach().requires_grad_()
             with torch.set_grad_enabled(grad is not None):
                 columns_resized = resize_columns(band, columns)
-            tile = resize_rows(columns_resized.detach(), rows)
+            tile = resize_rows(columns_resized.detach(), matrix)
             # (pixels, K): softmax and reductions over the last dimension of
             # a 2-d tensor run 2x faster than over that of a 4-d one.
             pixels = tile.view(-1, K)
@@ -189,8 +193,7 @@ class _TiledCrossEntropy(torch.autograd.Function):
             pixels_grad.scatter_add_(1, safe, -weight)
             band_grad, = torch.autograd.grad(
                 columns_resized, band,
-                resize_rows_backward(pixels_grad.view(tile.shape), rows,
-                                     band.shape[2]))
+                resize_rows_backward(pixels_grad.view(tile.shape), matrix))
             grad[:, :, first:last] += band_grad
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(correct)

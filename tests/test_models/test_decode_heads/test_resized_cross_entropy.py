@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from regproxy.models.decode_heads.resized_cross_entropy import (
     resize_columns, resize_rows, resize_rows_backward, resized_cross_entropy,
-    row_taps)
+    row_taps, rows_matrix)
 
 # (h, w) logits -> (H, W) labels: exact and fractional factors, odd sizes,
 # downsampling, one row or column.
@@ -41,7 +41,7 @@ def test_tiles_of_rows_and_columns_are_interpolate(sizes, align_corners):
         first, last, *rows = row_taps(start, stop, h, H, align_corners,
                                       torch.float64)
         band = resize_columns(x[:, :, first:last], columns)
-        tile = resize_rows(band, [r.tolist() for r in rows])
+        tile = resize_rows(band, rows_matrix(*rows, last - first))
         torch.testing.assert_close(tile, expected[:, start:stop],
                                    rtol=1e-12, atol=1e-12)
 
@@ -50,10 +50,10 @@ def test_rows_backward_is_the_adjoint_of_rows():
     """<rows(band), grad> == <band, rows_backward(grad)> for any band and
     grad; a wrong weight or row index breaks the equality."""
     first, last, *rows = row_taps(3, 11, 6, 20, False, torch.float64)
-    rows = [r.tolist() for r in rows]
+    rows = rows_matrix(*rows, last - first)
     band = torch.randn(2, last - first, 5, 4, dtype=torch.float64)
     grad = torch.randn(2, 8, 5, 4, dtype=torch.float64)
-    back = resize_rows_backward(grad, rows, last - first)
+    back = resize_rows_backward(grad, rows)
     assert back.shape == band.shape
     torch.testing.assert_close((resize_rows(band, rows) * grad).sum(),
                                (band * back).sum())
