@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from regproxy.models.decode_heads.resized_cross_entropy import (
-    resize_columns, resize_rows, resize_rows_backward, resized_cross_entropy,
-    row_taps, rows_matrix)
+    bilinear_taps, resize_columns, resize_rows, resize_rows_backward,
+    resized_cross_entropy, rows_matrix)
 
 # (h, w) logits -> (H, W) labels: exact and fractional factors, odd sizes,
 # downsampling, one row or column.
@@ -36,9 +36,9 @@ def test_tiles_of_rows_and_columns_are_interpolate(sizes, align_corners):
     x = torch.randn(2, 3, h, w, dtype=torch.float64)
     expected = F.interpolate(x, (H, W), mode='bilinear',
                              align_corners=align_corners).permute(0, 2, 3, 1)
-    columns = row_taps(0, W, w, W, align_corners, torch.float64)[2:]
+    columns = bilinear_taps(0, W, w, W, align_corners, torch.float64)[2:]
     for start, stop in [(0, H), (0, 1), (H // 2, H), (H - 1, H)]:
-        first, last, *rows = row_taps(start, stop, h, H, align_corners,
+        first, last, *rows = bilinear_taps(start, stop, h, H, align_corners,
                                       torch.float64)
         band = resize_columns(x[:, :, first:last], columns)
         tile = resize_rows(band, rows_matrix(*rows, last - first))
@@ -49,7 +49,7 @@ def test_tiles_of_rows_and_columns_are_interpolate(sizes, align_corners):
 def test_rows_backward_is_the_adjoint_of_rows():
     """<rows(band), grad> == <band, rows_backward(grad)> for any band and
     grad; a wrong weight or row index breaks the equality."""
-    first, last, *rows = row_taps(3, 11, 6, 20, False, torch.float64)
+    first, last, *rows = bilinear_taps(3, 11, 6, 20, False, torch.float64)
     rows = rows_matrix(*rows, last - first)
     band = torch.randn(2, last - first, 5, 4, dtype=torch.float64)
     grad = torch.randn(2, 8, 5, 4, dtype=torch.float64)
