@@ -19,9 +19,12 @@ __all__ = [
     'resize_rows', 'resize_rows_backward', 'resized_cross_entropy'
 ]
 
-# Elements (B * K * rows * W) of one tile: 8 MiB of float32, the fastest of
-# 1-16 MiB for 150 classes at 512 x 512, batch 2, on one and on two cores.
-TILE_ELEMENTS = 2**21
+# Elements (B * K * rows * W) of one tile. CPU: 8 MiB of float32, the
+# fastest of 1-16 MiB for 150 classes at 512 x 512, batch 2, on one and on
+# two cores. Other devices (GPUs): 256 MiB, so that a batch takes a few
+# tiles of some twenty kernel launches each (not measured on a GPU).
+CPU_TILE_ELEMENTS = 2**21
+GPU_TILE_ELEMENTS = 2**26
 
 
 def without_autocast(device_type: str):
@@ -219,7 +222,7 @@ def resized_cross_entropy(
         class_weight: Optional[torch.Tensor] = None,
         ignore_index: int = 255,
         align_corners: bool = False,
-        tile_elements: int = TILE_ELEMENTS
+        tile_elements: Optional[int] = None
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of ``logits`` resized (bilinear) to the label size.
 
@@ -236,14 +239,18 @@ def resized_cross_entropy(
         class_weight (Tensor, optional): (K,) weight of each class.
         ignore_index (int): label of unlabelled pixels. Default: 255.
         align_corners (bool): as ``F.interpolate``. Default: False.
-        tile_elements (int): elements of one resized tile (B * K * rows *
-            W), at least one row. Default: :data:`TILE_ELEMENTS`.
+        tile_elements (int, optional): elements of one resized tile (B * K
+            * rows * W), at least one row. Default: :data:`CPU_TILE_ELEMENTS`
+            on the CPU, :data:`GPU_TILE_ELEMENTS` elsewhere.
 
     Returns:
         tuple[Tensor, Tensor]: the summed (weighted) loss of the labelled
         pixels, differentiable in ``logits``, and the number of labelled
         pixels whose label has the largest logit (int64).
     """
+    if tile_elements is None:
+        tile_elements = (CPU_TILE_ELEMENTS if logits.device.type == 'cpu'
+                         else GPU_TILE_ELEMENTS)
     return _TiledCrossEntropy.apply(logits, labels, class_weight,
                                     ignore_index, align_corners,
                                     tile_elements)

@@ -12,10 +12,12 @@ from mmseg.utils import OptSampleList, SampleList
 
 __all__ = ['PaddedSlideEncoderDecoder', 'argmax_by_chunks']
 
-# Elements of the resized logits of one chunk of classes (``c x H x W``) in
-# predict() with ``test_cfg.return_logits=False``: 16 MiB of float32, the
-# fastest of 4-64 MiB for 150 classes at 512x512 and 1024x1024.
-CHUNK_ELEMENTS = 2**22
+# Elements of the resized logits of one chunk of classes (B x c x H x W) in
+# predict() with ``test_cfg.return_logits=False``. CPU: 16 MiB of float32,
+# the fastest of 4-64 MiB for 150 classes at 512x512 and 1024x1024. Other
+# devices (GPUs): 256 MiB, few chunks and kernel launches (not measured).
+CPU_CHUNK_ELEMENTS = 2**22
+GPU_CHUNK_ELEMENTS = 2**26
 
 
 def _as_tuple(value) -> tuple:
@@ -260,7 +262,9 @@ class PaddedSlideEncoderDecoder(EncoderDecoder):
             meta['ori_shape'][0] * meta['ori_shape'][1]
             for meta in batch_img_metas
         ])
-        chunk = max(1, CHUNK_ELEMENTS // (len(inputs) * pixels))
+        budget = (CPU_CHUNK_ELEMENTS
+                  if inputs.device.type == 'cpu' else GPU_CHUNK_ELEMENTS)
+        chunk = max(1, budget // (len(inputs) * pixels))
         samples = data_samples or [SegDataSample() for _ in inputs]
         for sample, pred in zip(
                 samples, argmax_by_chunks(self.out_channels, chunk, scores)):

@@ -122,7 +122,7 @@ def test_class_map_only_predicts_mmseg_labels_without_logits(
         expected += model.predict(inputs)
         model.test_cfg.return_logits = False
         # 3 classes per chunk: chunks of 3, 3 and 1.
-        monkeypatch.setattr(segmentor_module, 'CHUNK_ELEMENTS',
+        monkeypatch.setattr(segmentor_module, 'CPU_CHUNK_ELEMENTS',
                             3 * 3 * 70 * 90)
         samples = model.predict(inputs, image_samples())
         samples += model.predict(inputs)
