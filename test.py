@@ -409,7 +409,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
     # mmengine reads the local rank from the environment.
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
+    # a folder goes on: the reader names it and the checkpoints inside
+    if '://' not in args.checkpoint and not osp.exists(args.checkpoint):
         fail(f'checkpoint {args.checkpoint} does not exist')
     cfg, notes = prepare_config(args)
     try:

@@ -3,9 +3,12 @@ import math
 import os
 import os.path as osp
 import re
-from typing import Callable, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
+import torch.nn as nn
+from mmengine.device import get_device
 from mmengine.dist import is_main_process
+from mmengine.model import revert_sync_batchnorm
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
@@ -166,6 +169,15 @@ class RegProxyRunner(Runner):
     def _train_batch(self) -> dict:
         return dict(batch_size=getattr(self.train_dataloader, 'batch_size',
                                        None), world_size=self.world_size)
+
+    def wrap_model(self, model_wrapper_cfg: Optional[Dict],
+                   model: nn.Module) -> nn.Module:
+        """mmengine's wrapping; in CPU process groups (gloo), where torch's
+        SyncBatchNorm cannot run, SyncBN layers become BN first (mmengine
+        0.10.7 reverts them only without a process group)."""
+        if self.distributed and get_device() == 'cpu':
+            model = revert_sync_batchnorm(model)
+        return super().wrap_model(model_wrapper_cfg, model)
 
     def save_checkpoint(self, *args, **kwargs) -> None:
         """mmengine's, recording the training batch in the message hub

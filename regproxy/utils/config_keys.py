@@ -51,7 +51,7 @@ RUNNER_KEYS: Set[str] = {
     'activation_checkpointing', 'compile', 'custom_imports',
     'efficient_conv_bn_eval', 'find_unused_parameters', 'model_wrapper_cfg',
     'runner_type', 'strategy', 'tta_model', 'tta_pipeline', 'trust_checkpoint',
-    'load_strict'
+    'load_strict', 'allow_non_finite_weights'
 }
 
 # Variables of mmseg's configs that are spelled nearly like a runner key.

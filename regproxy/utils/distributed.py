@@ -69,9 +69,9 @@ def setup_launcher(cfg: Config, launcher: str) -> List[str]:
     On distributed CUDA runs, mmengine's runner starts NCCL and wraps the
     model as usual, and in one process it reverts SyncBN to BN itself.
     Distributed without CUDA, the processes talk over gloo: the process
-    group is started here (mmengine's start-up selects a CUDA device), DDP
-    gets no ``device_ids``, and SyncBN, which torch runs on GPUs only,
-    becomes BN (statistics per process).
+    group is started here (mmengine's start-up selects a CUDA device) and
+    DDP gets no ``device_ids``; ``RegProxyRunner.wrap_model`` turns SyncBN,
+    which torch runs on GPUs only, into BN (statistics per process).
 
     Args:
         cfg (Config): config to update in place.
@@ -90,22 +90,7 @@ def setup_launcher(cfg: Config, launcher: str) -> List[str]:
     _init_cpu_process_group(launcher, dist_cfg.get('timeout'))
     notes = ['No CUDA device: distributed run on the CPU with gloo '
              f'(world size {dist.get_world_size()}).']
-    if _sync_bn_to_bn(cfg.model):
-        notes.append('SyncBN runs on GPUs only: BN in each CPU process.')
     return notes
-
-
-def _sync_bn_to_bn(node) -> int:
-    """Replace every ``SyncBN`` norm config by ``BN`` in a nested config,
-    in place; the number replaced."""
-    if isinstance(node, (list, tuple)):
-        return sum(_sync_bn_to_bn(value) for value in node)
-    if not isinstance(node, dict):
-        return 0
-    found = node.get('type') == 'SyncBN'
-    if found:
-        node['type'] = 'BN'
-    return found + sum(_sync_bn_to_bn(value) for value in node.values())
 
 
 def _use_cpu_ddp(cfg: Config) -> None:

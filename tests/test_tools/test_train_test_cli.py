@@ -35,7 +35,8 @@ _base_ = [
     '{base}/default_runtime.py', '{base}/schedules/adamw.py'
 ]
 crop_size = (64, 64)
-# The base's SyncBN norm_cfg stays: the scripts turn it into BN on the CPU.
+# The base's SyncBN norm_cfg stays: one process needs no group, and in CPU
+# process groups RegProxyRunner.wrap_model turns it into BN.
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
