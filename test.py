@@ -263,7 +263,7 @@ def claim_out(out: str, overwrite: bool) -> WorkDirLock:
         WorkDirLock: the lock, held; release it after the run.
     """
     os.makedirs(out, exist_ok=True)
-    lock = WorkDirLock(out)
+    lock = WorkDirLock(out, 'predictions', '--out')
     try:
         lock.acquire()
     except WorkDirBusyError as err:

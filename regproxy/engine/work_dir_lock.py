@@ -26,7 +26,8 @@ def _alive(pid: int) -> bool:
 
 
 class WorkDirLock:
-    """One training run per work dir at a time.
+    """One run per folder at a time (training: the work dir; testing: the
+    ``--out`` folder).
 
     The lock is a file in the work dir naming the holder's host and process
     id, created atomically (``O_EXCL``). A second run stops with the holder's
@@ -36,11 +37,18 @@ class WorkDirLock:
 
     Args:
         work_dir (str): the folder to lock.
+        what (str): what the folder holds, for the message. Default:
+            "checkpoints" (a training work dir).
+        option (str): the option that chooses another folder. Default:
+            "--work-dir".
     """
 
-    def __init__(self, work_dir: str):
+    def __init__(self, work_dir: str, what: str = 'checkpoints',
+                 option: str = '--work-dir'):
         self.path = osp.join(work_dir, LOCK_NAME)
         self.owner = f'{socket.gethostname()} {os.getpid()}'
+        self.what = what
+        self.option = option
 
     def _holder(self) -> Optional[Tuple[str, int]]:
         try:
@@ -65,11 +73,11 @@ class WorkDirLock:
                 host, pid = holder
                 if host != socket.gethostname() or _alive(pid):
                     raise WorkDirBusyError(
-                        f'work dir {osp.dirname(self.path)} is in use by a '
-                        f'training run on host {host}, process {pid} '
-                        f'({self.path}): two runs would overwrite each '
-                        "other's checkpoints. Use another --work-dir, or, "
-                        f'if that run is gone, delete {self.path}')
+                        f'{osp.dirname(self.path)} is in use by a run on '
+                        f'host {host}, process {pid} ({self.path}): two '
+                        f"runs would overwrite each other's {self.what}. "
+                        f'Use another {self.option}, or, if that run is '
+                        f'gone, delete {self.path}')
                 print_log(
                     f'{self.path} was left by process {pid}, which has '
                     'ended: taking the work dir over', 'current',

@@ -420,6 +420,8 @@ def test_a_second_run_on_one_out_is_refused(tiny_config, trained, tmp_path):
                   '--work-dir', str(tmp_path), '--out', str(out))
         assert str(exit.value).startswith(f'error: --out {out}: ')
         assert f'process {holder.pid}' in str(exit.value)
+        assert "each other's predictions. Use another --out" in str(
+            exit.value)
         assert list(out.iterdir()) == [out / '.train.lock']
     finally:
         holder.kill()
@@ -824,6 +826,8 @@ def test_second_training_into_a_busy_work_dir_stops(tiny_config, tmp_path):
         with pytest.raises(SystemExit) as err:
             _train(str(tiny_config), '--work-dir', str(tmp_path))
         assert f'process {holder.pid}' in str(err.value)
+        assert "each other's checkpoints. Use another --work-dir" in str(
+            err.value)
         assert not list(tmp_path.glob('*.pth'))
     finally:
         holder.kill()
