@@ -377,10 +377,11 @@ def set_precision(cfg: Config, dtype: str) -> List[str]:
 
 
 def compile_inference(model: torch.nn.Module) -> None:
-    """Compile the segmentor's ``encode_decode`` (backbone, head and the
-    resize of the logits to the input) in place, with
-    ``torch.compile(mode='reduce-overhead')``: inductor kernels replayed as
-    CUDA graphs, one launch per pass on a GPU.
+    """Compile the segmentor's backbone pass (``extract_feat``) and its
+    head in place, with ``torch.compile(mode='reduce-overhead')``: inductor
+    kernels replayed as CUDA graphs, one launch per pass on a GPU. Every
+    inference path (``encode_decode``, ``predict`` in whole or slide mode)
+    goes through both.
 
     Weights and their names are untouched. Compilation happens at the first
     call of each input shape; slide inference pads every window to the
@@ -393,8 +394,12 @@ def compile_inference(model: torch.nn.Module) -> None:
             augmentation).
     """
     segmentor = unwrap_model(model)
-    compiled = torch.compile(segmentor.encode_decode, mode='reduce-overhead')
-    segmentor.encode_decode = lambda *args: compiled(*args).clone()
+    features = torch.compile(segmentor.extract_feat, mode='reduce-overhead')
+    head = torch.compile(segmentor.decode_head.forward,
+                         mode='reduce-overhead')
+    segmentor.extract_feat = lambda inputs: [
+        f.clone() for f in features(inputs)]
+    segmentor.decode_head.forward = lambda maps: head(maps).clone()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:

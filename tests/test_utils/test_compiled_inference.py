@@ -53,6 +53,25 @@ def test_benchmark_compares_compiled_with_eager(tiny, capsys):  # noqa: F811
     assert 'compiled' in out.split('reference / ours')[0]
 
 
+def test_every_inference_path_runs_the_compiled_parts(monkeypatch):
+    calls = []
+
+    def fake_compile(function, mode):
+        def run(*args):
+            calls.append(function.__name__)
+            return function(*args)
+        return run
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    for mode in ('whole', 'slide'):
+        model = tiny_segmentor(mode=mode).eval()
+        test_script.compile_inference(model)
+        calls.clear()
+        with torch.no_grad():
+            model.predict(torch.randn(1, 3, 100, 150))
+        assert 'extract_feat' in calls and 'forward' in calls, mode
+
+
 def test_benchmark_compile_is_for_inference():
     with pytest.raises(SystemExit):
         benchmark.parse_args(['cfg.py', '--compile', '--train'])
