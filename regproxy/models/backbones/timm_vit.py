@@ -12,7 +12,7 @@ rotary embeddings computed by timm for every input size.
 """
 import re
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import timm
 import torch
@@ -24,7 +24,7 @@ from mmseg.registry import MODELS
 from ..utils.safe_checkpoint_loader import (CheckpointError,
                                             check_state_dict_fits,
                                             load_checkpoint_file)
-from .frozen_stages import check_frozen_stages
+from .arg_checks import check_frozen_stages, check_images, checked_img_size
 
 __all__ = ['TimmRegionProxyViT']
 
@@ -39,10 +39,6 @@ _OWN_TIMM_ARGS = ('pretrained', 'num_classes', 'global_pool', 'img_size',
 # ImageNet pooling and classifier weights in a timm state dict, which a
 # segmentation backbone does not have.
 _CLASSIFIER_KEY = re.compile(r'^(head|head_dist|attn_pool)\.')
-
-
-def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def _check_model_name(model_name: str) -> None:
@@ -140,11 +136,7 @@ class TimmRegionProxyViT(BaseModule):
                              'which are arguments of TimmRegionProxyViT or '
                              'fixed by it')
         if img_size is not None:
-            img_size = _pair(img_size)
-            if len(img_size) != 2 or min(img_size) < 1:
-                raise ValueError(f'img_size={img_size} must be a positive '
-                                 'int or a pair of them')
-            timm_kwargs['img_size'] = img_size
+            timm_kwargs['img_size'] = checked_img_size(img_size)
         if not timm.models.is_model_in_modules(model_name, ('deit', )):
             # No pooling: the final norm becomes a per-token norm (EVA-02
             # otherwise keeps it in fc_norm) and no unused pooling weights
@@ -274,6 +266,7 @@ class TimmRegionProxyViT(BaseModule):
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """(B, 3, H, W) -> one (B, C, ceil(H/p), ceil(W/p)) map per index
         in ``out_indices``."""
+        check_images(x, self.vit.patch_embed.proj.in_channels)
         indices = sorted(set(self.out_indices))
         # timm runs every block in one call; for a frozen prefix autograd
         # records nothing anyway (no input of it requires grad)

@@ -17,7 +17,6 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
-from mmengine.utils import to_2tuple
 from mmseg.registry import MODELS
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
 
@@ -25,7 +24,8 @@ from ..utils.checkpoint_filter import checkpoint_filter_fn
 from ..utils.safe_checkpoint_loader import (CheckpointError,
                                             check_state_dict_fits,
                                             load_checkpoint_file)
-from .frozen_stages import check_frozen_stages
+from .arg_checks import (check_frozen_stages, check_images,
+                         check_pretrained, checked_img_size)
 from .hybrid_embed import HYBRID_STEMS, HybridPatchEmbed
 
 __all__ = ['RegionProxyViT']
@@ -221,15 +221,16 @@ class RegionProxyViT(BaseModule):
                  frozen_stages: int = -1,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
+        check_pretrained(pretrained)
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError(
                     'give either pretrained or init_cfg, not both')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
-        img_size = to_2tuple(img_size)
-        for name, value in [('img_size', min(img_size)),
-                            ('patch_size', patch_size),
+        img_size = checked_img_size(img_size)
+        self.in_channels = in_channels
+        for name, value in [('patch_size', patch_size),
                             ('embed_dims', embed_dims),
                             ('num_heads', num_heads)]:
             if value < 1:
@@ -405,6 +406,7 @@ class RegionProxyViT(BaseModule):
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """(B, in_channels, H, W) -> one (B, C, H/p, W/p) map per out index."""
+        check_images(x, self.in_channels)
         # A frozen embedding runs under no_grad; then no input of the frozen
         # layers requires grad, and autograd records nothing for them either.
         with torch.set_grad_enabled(torch.is_grad_enabled()

@@ -221,6 +221,8 @@ def test_unsupported_models_are_refused_by_name(name):
     (dict(out_indices=(0, 2)), r'out_indices=\(0, 2\)'),
     (dict(out_indices=(-1, 1)), r'out_indices=\(-1, 1\)'),
     (dict(img_size=60), r'img_size=\(60, 60\)'),
+    (dict(img_size=(56, )), r'img_size=\(56,\)'),
+    (dict(img_size=(56, 56, 56)), r'img_size=\(56, 56, 56\)'),
     (dict(drop_path_rate=1.5), 'drop_path_rate=1.5'),
     (dict(pretrained=3), 'pretrained=3'),
     (dict(timm_kwargs=dict(depth=2, num_classes=10)), 'num_classes'),
@@ -229,6 +231,11 @@ def test_unsupported_models_are_refused_by_name(name):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny(**kwargs)
+
+
+def test_input_that_is_not_an_image_batch_is_named():
+    with pytest.raises(ValueError, match='expected a batch of images'):
+        tiny()(torch.randn(3, 56, 56))
 
 
 def test_missing_weights_file_names_it(tmp_path):

@@ -90,7 +90,7 @@ def test_gradients_reach_every_parameter():
     (dict(img_size=60), 'divisible'),
     (dict(num_heads=5), 'num_heads'),
     (dict(embed_type='resnet50'), 'embed_type'),
-    (dict(img_size=0), 'img_size must be positive'),
+    (dict(img_size=0), r'img_size=0: expected a positive int'),
     (dict(patch_size=0), 'patch_size must be positive'),
     (dict(num_heads=0), 'num_heads must be positive'),
     (dict(num_layers=-1), 'num_layers must be >= 0'),
@@ -156,3 +156,21 @@ def test_with_cp_recomputes_in_backward(monkeypatch):
                       with_cp=True)
     assert all(s.grad_checkpointing
                for s in hybrid.patch_embed.backbone.stages)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(img_size=(224, )), dict(img_size=(224, 224, 224)),
+    dict(img_size=64.5), dict(pretrained=123)])
+def test_bad_arguments_are_named_at_build(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        RegionProxyViT(embed_dims=32, num_layers=2, num_heads=2,
+                       out_indices=(0, 1), **kwargs)
+
+
+@pytest.mark.parametrize('shape', [(3, 64, 64), (1, 1, 64, 64)])
+def test_input_that_is_not_an_image_batch_is_named(shape):
+    model = RegionProxyViT(img_size=64, embed_dims=32, num_layers=2,
+                           num_heads=2, out_indices=(0, 1))
+    with pytest.raises(ValueError, match=r'expected a batch of images'):
+        model(torch.randn(*shape))
