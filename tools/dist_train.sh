@@ -10,7 +10,7 @@
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 tools/dist_train.sh CONFIG 8
 #   NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 tools/dist_train.sh CONFIG 8
 # The total batch is NNODES x GPUS x batch_size; with fewer GPUs than the
-# recipe's 8, add --accumulate auto (see README, "Training on fewer GPUs").
+# recipe's 8, add --accumulate auto (see docs/fewer_gpus.md).
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then

@@ -9,7 +9,7 @@ _base_ = [
     '../_base_/default_runtime.py', '../_base_/schedules/adamw.py'
 ]
 crop_size = (128, 128)
-norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs GPU processes
+norm_cfg = dict(type='BN', requires_grad=True)  # one process: plain BN
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
