@@ -12,7 +12,7 @@ _base_ = [
     '../_base_/schedules/adamw.py',
 ]
 input_size = (140, 140)
-norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs GPU processes
+norm_cfg = dict(type='BN', requires_grad=True)  # one process: plain BN
 model = dict(
     data_preprocessor=dict(size=input_size),
     backbone=dict(
