@@ -85,6 +85,7 @@ def test_straightforward_cfg_uses_mmseg_vit_and_unfold_head(tiny):
     assert cfg['backbone']['type'] == 'mmseg.VisionTransformer'
     assert cfg['backbone']['final_norm'] is True  # ours' default, not mmseg's
     assert cfg['decode_head']['use_unfold'] is True
+    assert cfg['decode_head']['fused_loss'] is False
     assert model_cfg['backbone']['type'] == 'RegionProxyViT'  # not mutated
     for bad in (dict(deit=True), dict(embed_type='vit_small_r26_s32_384'),
                 dict(out_indices=(-1, 1))):

@@ -10,7 +10,7 @@ The two paths timed (ours first):
 
 - by default, ours vs the straightforward path: mmseg's
   ``VisionTransformer`` with the same weights and ``ProxyHead`` in its
-  unfold form;
+  unfold form with mmseg's loss;
 - ``--compile``: ours compiled as by ``test.py --compile``
   (``torch.compile(mode='reduce-overhead')``, CUDA graphs on a GPU) vs ours
   eager;
@@ -109,6 +109,7 @@ def straightforward_cfg(model_cfg: dict) -> dict:
         # mmseg multiplies without int(): a float ratio gives a float width.
         mlp_ratio=int(backbone['mlp_ratio']))
     cfg['decode_head']['use_unfold'] = True
+    cfg['decode_head']['fused_loss'] = False  # mmseg's loss_by_feat
     return cfg
 
 
