@@ -1,0 +1,134 @@
+"""tools/analysis/benchmark.py on a tiny randomly initialised model."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from tests.scripts import load_script
+
+REPO = Path(__file__).resolve().parents[2]
+BENCHMARK = 'tools/analysis/benchmark.py'
+benchmark = load_script(BENCHMARK)
+
+
+def test_straightforward_cfg_uses_mmseg_vit_and_unfold_head(tiny):
+    model_cfg = Config.fromfile(tiny[0]).model.to_dict()
+    cfg = benchmark.straightforward_cfg(model_cfg)
+    assert cfg['backbone']['type'] == 'mmseg.VisionTransformer'
+    assert cfg['backbone']['final_norm'] is True  # ours' default, not mmseg's
+    assert cfg['decode_head']['use_unfold'] is True
+    assert cfg['decode_head']['fused_loss'] is False
+    assert model_cfg['backbone']['type'] == 'RegionProxyViT'  # not mutated
+    for bad in (dict(deit=True), dict(embed_type='vit_small_r26_s32_384'),
+                dict(out_indices=(-1, 1))):
+        broken = dict(model_cfg, backbone=dict(model_cfg['backbone'], **bad))
+        with pytest.raises(ValueError):
+            benchmark.straightforward_cfg(broken)
+
+
+@pytest.mark.parametrize('paths', [benchmark.PATHS, benchmark.HEAD_PATHS])
+def test_both_paths_share_weights_and_logits(tiny, paths):
+    cfg = Config.fromfile(tiny[0])
+    cpu = torch.device('cpu')
+    models = {path: benchmark.build_model(cfg, path, cpu) for path in paths}
+    # Strict load: every name of ours exists in mmseg's ViT and vice versa.
+    models[paths[1]].load_state_dict(models[paths[0]].state_dict())
+    assert models[paths[1]].decode_head.use_unfold
+    inputs = benchmark.make_inputs(2, (80, 48), cpu)
+    diff, scale = benchmark.compare_logits(models, inputs)
+    assert scale > 0
+    assert diff <= 1e-5 * scale
+
+
+def test_benchmark_prints_both_paths_and_ratios(tiny, capsys):
+    common = ['--iters', '1', '--warmup', '0', '--dtypes', 'float32']
+    benchmark.main([tiny[0], tiny[1], '--shape', '64', '96', *common])
+    out = capsys.readouterr().out
+    assert re.search(r'max \|diff\| \S+ \(max \|logit\|', out)
+    for path in benchmark.PATHS:
+        assert re.search(rf'64x96 +infer +float32 +{path}( +[\d.]+){{4}}',
+                         out)
+    assert re.search(r'infer +float32 +speed x[\d.]+ +memory x[\d.]+', out)
+
+
+def test_benchmark_head_only_prints_both_forms(tiny, capsys):
+    benchmark.main([tiny[0], '--head-only', '--shape', '64', '64',
+                    '--iters', '1', '--warmup', '0', '--dtypes', 'float32',
+                    '--train'])
+    out = capsys.readouterr().out
+    assert 'K=4' in out
+    for mode in ('infer', 'train'):
+        for path in benchmark.HEAD_PATHS:
+            assert re.search(
+                rf'64x64 +{mode} +float32 +{path}( +[\d.]+){{4}}', out)
+
+
+def test_benchmark_frozen_times_training_with_a_frozen_backbone(tiny,
+                                                                 capsys):
+    cfg = Config.fromfile(tiny[0])
+    frozen = benchmark.build_model(cfg, 'frozen', torch.device('cpu'))
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+    assert all(p.requires_grad for p in frozen.decode_head.parameters())
+    benchmark.main([tiny[0], '--frozen', '--shape', '64', '64', '--iters',
+                    '1', '--warmup', '0', '--dtypes', 'float32'])
+    out = capsys.readouterr().out
+    for path in benchmark.FROZEN_PATHS:
+        assert re.search(rf'64x64 +train +float32 +{path}( +[\d.]+){{4}}',
+                         out)
+    assert ' infer ' not in out  # a frozen backbone infers as a full one
+    assert re.search(r'train +float32 +speed x[\d.]+ +memory x[\d.]+', out)
+
+
+def test_benchmark_refuses_two_reference_paths(tiny):
+    with pytest.raises(SystemExit):
+        benchmark.main([tiny[0], '--head-only', '--compile'])
+
+
+def test_peak_memory_sees_a_known_allocation():
+    """In a fresh process with the worker's fixed mmap threshold, as the
+    benchmark measures (a long-lived process may serve the tensor from
+    memory it already holds)."""
+    size = 64 * 2**20
+    code = (
+        'import runpy, torch\n'
+        f'bench = runpy.run_path({str(REPO / BENCHMARK)!r})\n'
+        f'step = lambda: torch.ones({size // 4}, dtype=torch.float32)\n'
+        "print(bench['peak_memory'](step, 2, torch.device('cpu')))\n")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
+    out = subprocess.run([sys.executable, '-c', code], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    peak = int(out.split()[-1])
+    assert 0.9 * size < peak < 1.3 * size
+
+
+def test_steps_alternate_and_are_all_timed():
+    calls = []
+    steps = {name: (lambda n=name: calls.append(n)) for name in 'ab'}
+    times = benchmark.time_steps(steps, iters=3, warmup=1,
+                                 device=torch.device('cpu'))
+    assert {k: len(v) for k, v in times.items()} == {'a': 3, 'b': 3}
+    assert calls == ['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']
+
+
+def test_benchmark_stops_on_non_finite_logits(tiny, monkeypatch):
+    """A NaN weight (copied into both paths) gives NaN logits and a NaN
+    difference: the benchmark stops, naming the config and the weights."""
+    build_model = benchmark.build_model
+
+    def with_nan(cfg, path, device):
+        model = build_model(cfg, path, device)
+        with torch.no_grad():
+            model.decode_head.mlp[0][0].weight[0, 0] = float('nan')
+        return model
+
+    monkeypatch.setattr(benchmark, 'build_model', with_nan)
+    with pytest.raises(SystemExit) as error:
+        benchmark.main([tiny[0], '--iters', '1', '--dtypes', 'float32'])
+    assert str(error.value) == (
+        f'error: {tiny[0]}: the float32 logits hold NaN or inf with the '
+        'random initial weights: check the weights for non-finite values')
