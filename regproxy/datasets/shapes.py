@@ -1,22 +1,6 @@
-"""A synthetic "shapes" segmentation dataset that is generated on first use.
-
-Photo-like scenes (gradient and textured backgrounds, clutter, soft shadows,
-shading, sensor noise, JPEG artefacts) with partly overlapping objects of
-seven classes. A class is its silhouette and its texture pattern only: the
-objects of every class and the background's clutter draw their colours (hue,
-saturation, brightness) from one distribution, so colour does not tell the
-classes apart (a per-pixel colour lookup scores about 16 mIoU, see
-``tools/analysis/colour_baseline.py``). It gives the RegionProxy configs a
-dataset that needs no download and that a small ViT trained from scratch
-learns within minutes on a CPU: the project's end-to-end smoke test.
-
-Layout (as ADE20K's)::
-
-    root/images/{training,validation}/shapes_{split}_00000.jpg
-    root/annotations/{training,validation}/shapes_{split}_00000.png
-
-Labels are uint8 class ids 0..7 (0 is background) and 255 on a thin band
-along every boundary between two classes.
+"""The synthetic shapes dataset, generated on first use: photo-like scenes
+whose objects of seven classes differ in silhouette and texture only, in
+ADE20K's layout (see docs/datasets.md, "The shapes dataset").
 """
 import json
 import logging
@@ -41,21 +25,18 @@ CLASSES = ('background', 'circle', 'rectangle', 'triangle', 'ellipse', 'star',
 PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25],
            [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]]
 IGNORE_INDEX = 255
-# Raised whenever a change to the generator changes its images or labels, so
-# that a dataset made by an older one is recognised (see GENERATOR_FILE).
+# Raised whenever the generator's images or labels change (see
+# warn_if_outdated).
 GENERATOR_VERSION = 2
 GENERATOR_FILE = 'generator.json'
-# Where ShapesDataset writes the data when it is missing (relative to the
-# working directory); the data_root of configs/_base_/datasets/shapes.py.
+# Where ShapesDataset generates missing data: the base config's data_root.
 DEFAULT_ROOT = 'data/shapes'
 SPLITS = ('training', 'validation')
 SIDES = (96, 112, 128, 144, 160)  # image heights and widths, drawn apart
 MAX_OBJECTS = 5  # per image, at least one
 RADIUS = (0.15, 0.32)  # object size, as a fraction of the short image side
-# Saturation and brightness (HSV value) ranges of the colours of objects
-# and clutter, whatever their class; hues are uniform. The second tone of an
-# object's texture differs from the first mostly in brightness, so that the
-# pattern shows. The background's gradient is muted (less saturated).
+# Saturation and brightness (HSV value) of the colours of objects and
+# clutter, whatever their class; hues are uniform.
 SATURATION = (0.35, 1.)
 VALUE = (0.3, 1.)
 TONE_STEP = (0.3, 0.45)  # brightness difference between the two tones
@@ -72,11 +53,6 @@ def _color(rng: np.random.Generator,
     hsv = np.array([[[hue % 360, rng.uniform(*saturation),
                       rng.uniform(*value)]]], np.float32)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0] * 255
-
-
-def _surface_color(rng: np.random.Generator) -> np.ndarray:
-    """A BGR colour of the distribution that objects and clutter share."""
-    return _color(rng, rng.uniform(0, 360), SATURATION, VALUE)
 
 
 def _two_tones(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
@@ -128,7 +104,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     elif texture == 2:  # fine grain, as on sand or carpet
         img += rng.uniform(6, 18) * rng.standard_normal((h, w, 1), np.float32)
     for _ in range(rng.integers(2, 10)):
-        color = _surface_color(rng).tolist()
+        color = _color(rng, rng.uniform(0, 360), SATURATION, VALUE).tolist()
         p = rng.uniform((0, 0), (w, h)).astype(np.int32)
         kind = rng.integers(3)
         if kind == 0:
@@ -143,12 +119,6 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
             cv2.polylines(img, [pts.astype(np.int32)], False, color, 1,
                           cv2.LINE_AA)
     return img
-
-
-def _rotated(points: np.ndarray, angle: float, center: np.ndarray):
-    """Rotate (N, 2) points around the origin, shift to ``center``."""
-    c, s = np.cos(angle), np.sin(angle)
-    return points @ np.array([[c, s], [-s, c]]) + center
 
 
 def _polar(radii: np.ndarray, angles: np.ndarray) -> np.ndarray:
@@ -190,7 +160,8 @@ def _shape_mask(rng: np.random.Generator, cls: int, h: int, w: int,
         pts = np.array([[-t, -r], [t, -r], [t, -t], [r, -t], [r, t], [t, t],
                         [t, r], [-t, r], [-t, t], [-r, t], [-r, -t],
                         [-t, -t]])
-    pts = _rotated(pts, angle, center)
+    c, s = np.cos(angle), np.sin(angle)
+    pts = pts @ np.array([[c, s], [-s, c]]) + center
     cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
     return mask
 
@@ -299,25 +270,18 @@ def generate_shapes_dataset(root: str,
                             num_train: int = 1000,
                             num_val: int = 200,
                             seed: int = 0) -> str:
-    """Write the shapes dataset to ``root`` (ADE20K-like layout).
+    """Write the shapes dataset to ``root`` (which must not exist yet) and
+    return ``root``; ``generator.json`` records the version and arguments.
 
-    ``root/generator.json`` records the generator's version and the
-    arguments. The files are written to a temporary sibling folder that is
-    renamed to ``root`` at the end, so an interrupted run leaves no half
-    dataset. When ``root`` appears meanwhile (another process won the race),
-    that copy is kept and this one discarded.
+    A temporary sibling folder is renamed to ``root`` at the end: an
+    interrupted run leaves no half dataset, and when another process made
+    ``root`` meanwhile, its copy is kept.
 
     Args:
-        root (str): dataset folder to create; must not exist yet.
+        root (str): dataset folder to create.
         num_train (int): number of training samples. Default: 1000.
         num_val (int): number of validation samples. Default: 200.
         seed (int): the same seed gives byte-identical files. Default: 0.
-
-    Returns:
-        str: ``root``.
-
-    Raises:
-        FileExistsError: ``root`` exists already.
     """
     root = osp.abspath(root)
     if osp.exists(root):
@@ -326,8 +290,8 @@ def generate_shapes_dataset(root: str,
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(root)}-', dir=parent)
     try:
-        for split_id, (split, num) in enumerate(zip(SPLITS,
-                                                    (num_train, num_val))):
+        for split_id, num in enumerate((num_train, num_val)):
+            split = SPLITS[split_id]
             img_dir = osp.join(tmp, 'images', split)
             ann_dir = osp.join(tmp, 'annotations', split)
             os.makedirs(img_dir)
@@ -344,12 +308,8 @@ def generate_shapes_dataset(root: str,
                     [cv2.IMWRITE_JPEG_QUALITY, quality])
                 cv2.imwrite(osp.join(ann_dir, name + '.png'), label)
         with open(osp.join(tmp, GENERATOR_FILE), 'w') as f:
-            json.dump(
-                dict(
-                    version=GENERATOR_VERSION,
-                    seed=seed,
-                    num_train=num_train,
-                    num_val=num_val), f)
+            json.dump(dict(version=GENERATOR_VERSION, seed=seed,
+                           num_train=num_train, num_val=num_val), f)
         os.chmod(tmp, 0o755)  # mkdtemp creates it private
         try:
             os.rename(tmp, root)
@@ -365,73 +325,49 @@ def generate_shapes_dataset(root: str,
 class ShapesDataset(BaseSegDataset):
     """The synthetic shapes dataset (8 classes, background included).
 
-    When ``data_root`` is :data:`DEFAULT_ROOT` and does not exist, the
-    dataset is generated there with :func:`generate_shapes_dataset` on first
-    use. Anywhere else a missing ``data_root`` is an error, as for any
-    dataset: a mistyped path should not get a fresh dataset. Processes that
-    start at the same time (distributed ranks) may all generate it; the
-    atomic rename lets one copy win and the others use it.
-
-    ``BaseSegDataset``'s defaults fit as they are: '.jpg' images, '.png'
-    labels, ``reduce_zero_label=False`` (background is a class here).
+    A missing ``data_root`` is generated on first use when it is
+    :data:`DEFAULT_ROOT`; anywhere else it is the usual missing-data error,
+    so that a mistyped path gets no fresh dataset. Distributed ranks may all
+    generate it: the atomic rename keeps one copy. ``BaseSegDataset``'s
+    defaults fit ('.jpg' images, '.png' labels, background is a class).
     """
     METAINFO = dict(classes=CLASSES, palette=PALETTE)
-    # train.py/test.py let data_root be missing here only (check_data_roots)
-    generated_root = DEFAULT_ROOT
+    generated_root = DEFAULT_ROOT  # read by check_data_roots
 
     def load_data_list(self) -> list:
-        """Generate the data if missing at the default root, then list it as
-        mmseg does.
-
-        Raises:
-            FileNotFoundError: ``data_root`` is missing and not the default.
-        """
-        if self.data_root and not osp.isdir(self.data_root):
-            if not generates_data_at(type(self), self.data_root):
-                raise FileNotFoundError(
-                    f"ShapesDataset: data_root '{self.data_root}' does not "
-                    f"exist; the dataset is generated on first use only at "
-                    f"'{DEFAULT_ROOT}' (relative to the working directory). "
-                    'To create it elsewhere, call regproxy.datasets.'
-                    'generate_shapes_dataset(PATH) first.')
-            # Relative to the working directory: a run from another folder
-            # writes another copy, so say where this one goes.
+        """Generate missing data at the default root, then list it as mmseg
+        does."""
+        root = self.data_root
+        if root and not osp.isdir(root) and generates_data_at(
+                type(self), root):
+            # Relative to the working directory: say where it goes.
             print_log(
-                f'ShapesDataset: no data at {self.data_root!r}; generating '
-                f'the shapes dataset in {osp.abspath(self.data_root)} '
-                f'(relative to the working directory {os.getcwd()}). To '
-                'use one copy from any folder, set data_root to that path.',
+                f'ShapesDataset: no data at {root!r}; generating the shapes '
+                f'dataset in {osp.abspath(root)} (relative to the working '
+                f'directory {os.getcwd()}). To use one copy from any folder, '
+                'set data_root to that path.',
                 logger='current',
                 level=logging.WARNING)
             try:
-                generate_shapes_dataset(self.data_root)
+                generate_shapes_dataset(root)
             except FileExistsError:
                 pass  # another process finished it in the meantime
-        if self.data_root:
-            warn_if_outdated(self.data_root)
+        if root and osp.isdir(root):
+            warn_if_outdated(root)
         return super().load_data_list()
 
 
 def warn_if_outdated(root: str) -> None:
-    """Log a warning when ``root`` was not written by this generator version.
-
-    Figures measured on another version of the data are not comparable (an
-    early one let colour give the classes away), and a dataset folder is
-    never deleted behind the user's back: the warning says how to renew it.
-    """
+    """Warn, never delete, when ``root`` was not written by this generator
+    version: the shapes figures were measured on other images."""
     try:
         with open(osp.join(root, GENERATOR_FILE)) as f:
-            version = json.load(f).get('version')
-    except (OSError, ValueError, AttributeError):
-        version = None
-    if version == GENERATOR_VERSION:
-        return
-    made_by = ('an older generator (no ' + GENERATOR_FILE + ')'
-               if version is None else f'generator version {version}')
-    print_log(
-        f'ShapesDataset: {root} was made by {made_by}, not by this '
-        f'version ({GENERATOR_VERSION}): its images differ from the ones '
-        'the shapes configs\' figures were measured on. Delete the folder '
-        'to regenerate it.',
-        logger='current',
-        level=logging.WARNING)
+            made_by = f"generator version {json.load(f)['version']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        made_by = f'an older generator (no {GENERATOR_FILE})'
+    if made_by != f'generator version {GENERATOR_VERSION}':
+        print_log(
+            f'ShapesDataset: {root} was made by {made_by}, not by this '
+            f'version ({GENERATOR_VERSION}): its images differ from the ones '
+            "the shapes configs' figures were measured on. Delete the folder "
+            'to regenerate it.', 'current', logging.WARNING)

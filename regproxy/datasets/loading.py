@@ -1,17 +1,6 @@
-"""Image and label loading that names the file behind every failure.
-
-mmcv's and mmseg's loaders report an unreadable label map as
-``'NoneType' object has no attribute 'squeeze'`` and store labels as uint8
-without looking at them: a 16-bit label of 300 silently becomes 44, and a
-class id past ``num_classes`` surfaces as an index error in the loss, or as
-a device-side assert on a GPU, without a file name. These loaders check
-while the file name is at hand.
-
-Images are read as stored, without the turn of their EXIF orientation tag
-that mmcv's ``'color'`` flag applies (cv2 and pillow backends): label maps
-(ADE20K's, Cityscapes', mmseg's datasets') are stored unturned, so turning
-the image alone would misalign the two.
-"""
+"""Image and label loading that names the file behind every failure
+(docs/troubleshooting.md, "Bad images and labels"); images are read as
+stored, their EXIF orientation tag ignored (docs/datasets.md)."""
 import io
 import logging
 from typing import Dict, Optional, Sequence
@@ -34,54 +23,33 @@ __all__ = [
 _JPEG_START, _JPEG_END = b'\xff\xd8', b'\xff\xd9'
 _PNG_START = b'\x89PNG\r\n\x1a\n'
 _PNG_END = b'IEND\xaeB`\x82'  # the IEND chunk's type and CRC
-_ORIENTATION_TAG = 0x0112  # EXIF orientation; 1: as stored
-# The mmcv flags that decode like 'color' / 'grayscale' minus the EXIF turn.
-_UNTURNED_FLAGS = {
-    'color': 'color_ignore_orientation',
-    'grayscale': 'grayscale_ignore_orientation'
-}
-# mmcv's decoders that apply the tag (turbojpeg and tifffile never do).
-_TURNING_BACKENDS = ('cv2', 'pillow')
 
 
 def unturned_flag(flag: str, backend: Optional[str]) -> str:
-    """The mmcv decoding flag that reads an image as stored, ignoring its
-    EXIF orientation tag.
-
-    Args:
-        flag (str): a ``LoadImageFromFile`` ``color_type``.
-        backend (str, optional): its ``imdecode_backend``.
-    """
-    if backend not in _TURNING_BACKENDS:
-        return flag
-    return _UNTURNED_FLAGS.get(flag, flag)
+    """The mmcv flag that decodes like ``flag`` (a ``color_type``) with
+    ``backend`` (an ``imdecode_backend``) but ignores the EXIF orientation
+    tag, which only the cv2 and pillow backends apply."""
+    if backend in ('cv2', 'pillow') and flag in ('color', 'grayscale'):
+        return f'{flag}_ignore_orientation'
+    return flag
 
 
 def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation tag of an image file's data (1, as stored,
-    when it has none or cannot be parsed): 2-4 mirror or turn it by 180
-    degrees, 5-8 turn it by 90 degrees (height and width swap).
-
-    Args:
-        data (bytes): the file's content.
-    """
+    """The EXIF orientation tag of an image file's ``data``: 1 (as stored)
+    when absent or unparsable, 2-4 mirror or turn by 180 degrees, 5-8 turn
+    by 90 degrees (height and width swap)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return int(image.getexif().get(_ORIENTATION_TAG, 1))
+            return int(image.getexif().get(0x0112, 1))  # the orientation tag
     except (OSError, SyntaxError, ValueError, TypeError):
         return 1
 
 
 def size_mismatch_hint(data: bytes, image_shape: Sequence[int],
                        label_shape: Sequence[int]) -> str:
-    """A sentence on the EXIF tag of an image whose label map has its
-    sides swapped, for a size-mismatch message; '' otherwise.
-
-    Args:
-        data (bytes): the image file's content.
-        image_shape (Sequence[int]): (H, W) of the image as stored.
-        label_shape (Sequence[int]): (H, W) of its label map.
-    """
+    """For a size-mismatch message: a sentence on the EXIF tag of an image
+    (file content ``data``, (H, W) ``image_shape`` as stored) whose label map
+    has its sides swapped; '' otherwise."""
     orientation = exif_orientation(data)
     if orientation < 5 or tuple(label_shape) != tuple(image_shape)[::-1]:
         return ''
@@ -92,15 +60,11 @@ def size_mismatch_hint(data: bytes, image_shape: Sequence[int],
 
 
 def is_truncated(data: bytes) -> bool:
-    """Whether a JPEG or PNG file's data stops before its end marker.
-
-    The end marker is checked first (cheap); only a file without it is
-    decoded in full with Pillow, which tells a cut file from one with extra
-    bytes after the marker. Other formats are left to their decoder.
-
-    Args:
-        data (bytes): the file's content.
-    """
+    """Whether a JPEG or PNG file's ``data`` stops before its end marker
+    (cv2 decodes the missing part as grey, silently). Only a file without
+    the marker is decoded in full, by Pillow, which tells a cut file from
+    one with bytes after the marker; other formats are left to their
+    decoder."""
     if data.startswith(_JPEG_START):
         complete = data.rstrip(b'\x00\r\n ').endswith(_JPEG_END)
     elif data.startswith(_PNG_START):
@@ -120,21 +84,10 @@ def is_truncated(data: bytes) -> bool:
 def to_class_ids(labels: np.ndarray,
                  reduce_zero_label: bool = False,
                  label_map: Optional[Dict[int, int]] = None) -> np.ndarray:
-    """Raw label values as class ids, by mmseg's ``LoadAnnotations`` rules
-    but without its cast to uint8 first (which wraps 16-bit values).
-
-    ``reduce_zero_label`` makes 0 and 255 the ignore label 255 and every
-    other value v into v - 1; ``label_map`` then renames ids (old -> new,
-    all at once).
-
-    Args:
-        labels (np.ndarray): integer label values, any shape.
-        reduce_zero_label (bool): as the dataset's. Default: False.
-        label_map (dict, optional): as the dataset's. Default: None.
-
-    Returns:
-        np.ndarray: int64 class ids of the same shape.
-    """
+    """Integer label values as int64 class ids by mmseg's
+    ``LoadAnnotations`` rules, the dataset's ``reduce_zero_label`` (0 and
+    255 become 255, v becomes v - 1) then ``label_map`` (old -> new), but
+    without its cast to uint8 first, which wraps 16-bit values."""
     ids = labels.astype(np.int64)
     if reduce_zero_label:
         ids = np.where((ids == 0) | (ids == 255), 255, ids - 1)
@@ -145,14 +98,10 @@ def to_class_ids(labels: np.ndarray,
     return ids
 
 
-def _unreadable(kind: str, path: str, error: Optional[Exception],
-                skip: bool) -> None:
+def _unreadable(kind: str, path: str, error: Exception, skip: bool) -> None:
     """Raise an error naming ``path`` or, when ``skip``, warn and return
-    None, which makes mmengine's dataset draw another sample (training).
-    ``error`` is None where the decoder returned nothing."""
-    cause = ('not a decodable image' if error is None else
-             f'{type(error).__name__}: {error}')
-    message = f'cannot read {kind} {path}: {cause}'
+    None, which makes mmengine's dataset draw another sample."""
+    message = f'cannot read {kind} {path}: {type(error).__name__}: {error}'
     if not skip:
         raise OSError(message) from error
     print_log(f'{message}; skipped (skip_unreadable=True)', 'current',
@@ -161,17 +110,13 @@ def _unreadable(kind: str, path: str, error: Optional[Exception],
 
 @TRANSFORMS.register_module()
 class CheckedLoadImageFromFile(LoadImageFromFile):
-    """``LoadImageFromFile`` whose errors name the file.
-
-    Grayscale, RGBA and 16-bit files load as 8-bit 3-channel images (the
-    default ``color_type='color'``), as stored: an EXIF orientation tag is
-    ignored, as label maps are stored unturned (see the module docstring).
+    """``LoadImageFromFile`` whose errors name the file, reading images as
+    stored (EXIF orientation ignored) and cut JPEGs/PNGs as unreadable.
 
     Args:
         skip_unreadable (bool): warn and skip a missing or undecodable file
-            instead of failing. Only training can skip (mmengine's dataset
-            then draws another sample); test sets are scored whole.
-            Default: False.
+            instead of failing (training only: mmengine's dataset then draws
+            another sample). Default: False.
         **kwargs: ``LoadImageFromFile`` arguments.
     """
 
@@ -183,7 +128,6 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
         path = results['img_path']
         try:
             data = fileio.get(path, backend_args=self.backend_args)
-            # cv2 fills the missing part of a cut JPEG with grey, silently
             if is_truncated(data):
                 raise OSError('the file ends before its end marker '
                               '(truncated)')
@@ -191,10 +135,10 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
                 data,
                 flag=unturned_flag(self.color_type, self.imdecode_backend),
                 backend=self.imdecode_backend)
+            if img is None:
+                raise OSError('not a decodable image')
         except Exception as error:  # any decoder, any file backend
             return _unreadable('image', path, error, self.skip_unreadable)
-        if img is None:
-            return _unreadable('image', path, None, self.skip_unreadable)
         if self.to_float32:
             img = img.astype(np.float32)
         results.update(img=img, img_shape=img.shape[:2],
@@ -204,20 +148,17 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
 
 @TRANSFORMS.register_module()
 class CheckedLoadAnnotations(LoadAnnotations):
-    """mmseg's ``LoadAnnotations`` with the label map checked on loading.
-
-    The label map must be a single-channel integer image. After the
-    dataset's ``reduce_zero_label`` and ``label_map`` are applied, every
-    value must be a class id in ``[0, num_classes)`` or ``ignore_index``.
-    Without labels to load (``inference_model`` on an image) it does
-    nothing, so mmseg's inference APIs work with pipelines that use it.
+    """mmseg's ``LoadAnnotations`` that checks the label map: the size of
+    its image, one channel, after ``reduce_zero_label`` and ``label_map``
+    class ids in ``[0, num_classes)`` or ``ignore_index``. Without a label
+    map to load (mmseg's inference) it does nothing.
 
     Args:
         num_classes (int, optional): number of classes; None checks only
             that labels fit in uint8. Default: None.
         ignore_index (int): the label of ignored pixels. Default: 255.
-        skip_unreadable (bool): as in :class:`CheckedLoadImageFromFile`.
-            Label values out of range are always an error. Default: False.
+        skip_unreadable (bool): as in :class:`CheckedLoadImageFromFile`;
+            label values out of range are always an error. Default: False.
         **kwargs: ``LoadAnnotations`` arguments.
     """
 
@@ -244,10 +185,10 @@ class CheckedLoadAnnotations(LoadAnnotations):
                 fileio.get(path, backend_args=self.backend_args),
                 flag='unchanged',
                 backend=self.imdecode_backend)
+            if labels is None:
+                raise OSError('not a decodable image')
         except Exception as error:
             return _unreadable('label map', path, error, self.skip_unreadable)
-        if labels is None:
-            return _unreadable('label map', path, None, self.skip_unreadable)
         image_shape = results.get('ori_shape')
         if image_shape is not None and tuple(labels.shape[:2]) != tuple(
                 image_shape):
@@ -283,14 +224,9 @@ class CheckedLoadAnnotations(LoadAnnotations):
                 f'{reduce_zero_label}: set it on the dataset only')
         labels = to_class_ids(labels, reduce_zero_label,
                               results.get('label_map'))
-        if self.num_classes is None:
-            bad = (labels < 0) | (labels > 255)
-            expected = 'in [0, 255] (stored as uint8)'
-        else:
-            bad = ((labels < 0) | (labels >= self.num_classes)) & (
-                labels != self.ignore_index)
-            expected = (f'in [0, {self.num_classes}) or the ignore index '
-                        f'{self.ignore_index}')
+        limit = self.num_classes or 256  # None: what uint8 holds
+        bad = ((labels < 0) | (labels >= limit)) & (
+            labels != self.ignore_index)
         if bad.any():
             values = np.unique(labels[bad])
             shown = ', '.join(str(v) for v in values[:8])
@@ -298,23 +234,17 @@ class CheckedLoadAnnotations(LoadAnnotations):
             raise ValueError(
                 f'label map {path} has values {shown}'
                 f'{" ..." if len(values) > 8 else ""}{reduced}; expected '
-                f'{expected}. Check num_classes and reduce_zero_label, and '
-                'that labels hold class ids rather than colours')
+                f'in [0, {limit}) or the ignore index {self.ignore_index} '
+                '(stored as uint8). Check num_classes and reduce_zero_label, '
+                'and that labels hold class ids rather than colours')
         return labels.astype(np.uint8)
 
 
-def use_checked_loaders(cfg, loaders) -> None:
-    """Load images with :class:`CheckedLoadImageFromFile` in the named
-    dataloaders of ``cfg`` (in place, ``TestTimeAug`` included).
-
-    Test pipelines name mmcv's ``LoadImageFromFile``, which mmseg's
-    ``MMSegInferencer`` looks up by name to replace; ``train.py`` and
-    ``test.py`` swap in the checked loader for the datasets they score.
-
-    Args:
-        cfg (Config): the config.
-        loaders (Sequence[str]): e.g. ``('val_dataloader', )``.
-    """
+def use_checked_loaders(cfg, loaders: Sequence[str]) -> None:
+    """Swap mmcv's ``LoadImageFromFile`` for :class:`CheckedLoadImageFromFile`
+    in the ``loaders`` (e.g. ``('val_dataloader', )``) of ``cfg``, in place
+    and ``TestTimeAug`` included: test pipelines name the stock one, which
+    mmseg's ``MMSegInferencer`` looks up by name."""
 
     def swap(node):
         if isinstance(node, dict):
