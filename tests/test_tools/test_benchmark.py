@@ -25,47 +25,66 @@ def test_straightforward_cfg_uses_mmseg_vit_and_unfold_head(tiny):
     assert cfg['decode_head']['fused_loss'] is False
     assert model_cfg['backbone']['type'] == 'RegionProxyViT'  # not mutated
     for bad in (dict(deit=True), dict(embed_type='vit_small_r26_s32_384'),
-                dict(out_indices=(-1, 1))):
+                dict(mlp_ratio=4.5)):
         broken = dict(model_cfg, backbone=dict(model_cfg['backbone'], **bad))
         with pytest.raises(ValueError):
             benchmark.straightforward_cfg(broken)
 
 
-@pytest.mark.parametrize('paths', [benchmark.PATHS, benchmark.HEAD_PATHS])
-def test_both_paths_share_weights_and_logits(tiny, paths):
+def test_ours_and_straightforward_share_weights_and_logits(tiny):
     cfg = Config.fromfile(tiny[0])
     cpu = torch.device('cpu')
-    models = {path: benchmark.build_model(cfg, path, cpu) for path in paths}
+    ours, straightforward = (benchmark.build_model(cfg, path, cpu)
+                             for path in benchmark.PATHS[:2])
     # Strict load: every name of ours exists in mmseg's ViT and vice versa.
-    models[paths[1]].load_state_dict(models[paths[0]].state_dict())
-    assert models[paths[1]].decode_head.use_unfold
+    straightforward.load_state_dict(ours.state_dict())
+    assert straightforward.decode_head.use_unfold
     inputs = benchmark.make_inputs(2, (80, 48), cpu)
-    diff, scale = benchmark.compare_logits(models, inputs)
+    diff, scale = benchmark.compare_logits((ours, straightforward), inputs)
     assert scale > 0
     assert diff <= 1e-5 * scale
 
 
-def test_benchmark_prints_both_paths_and_ratios(tiny, capsys):
-    common = ['--iters', '1', '--warmup', '0', '--dtypes', 'float32']
+def test_segmenter_peer_has_the_width_of_ours(tiny):
+    """mmseg's Segmenter of the tiny config's width (32), depth (2), heads
+    (2), patch (16) and classes (4), its mask head on the last layer."""
+    from mmseg.models.decode_heads import SegmenterMaskTransformerHead
+    cfg = Config.fromfile(tiny[0])
+    peer = benchmark.build_model(cfg, 'segmenter', torch.device('cpu'))
+    backbone, head = peer.backbone, peer.decode_head
+    assert type(backbone).__name__ == 'VisionTransformer'
+    assert isinstance(head, SegmenterMaskTransformerHead)
+    assert backbone.cls_token.shape == (1, 1, 32)
+    assert len(backbone.layers) == 2 and backbone.out_indices == [1]
+    assert backbone.patch_embed.projection.kernel_size == (16, 16)
+    assert backbone.layers[0].attn.attn.num_heads == 2
+    assert head.cls_emb.shape == (1, 4, 32) and len(head.layers) == 2
+    metas = [dict(img_shape=(80, 48))]
+    with torch.no_grad():
+        logits = peer.eval().encode_decode(torch.randn(1, 3, 80, 48), metas)
+    assert logits.shape == (1, 4, 80, 48)
+
+
+def test_benchmark_prints_the_machine_all_paths_and_ratios(tiny, capsys):
+    common = ['--iters', '2', '--warmup', '0', '--dtypes', 'float32']
     benchmark.main([tiny[0], tiny[1], '--shape', '64', '96', *common])
     out = capsys.readouterr().out
+    with open('/proc/cpuinfo') as f:
+        info = f.read()
+    name = re.search(r'^model name\s*:\s*(.*)$', info, re.M).group(1)
+    flags = re.search(r'^flags\s*:(.*)$', info, re.M).group(1).split()
+    header = out.splitlines()[0]
+    assert header.startswith(f'CPU: {name} (')
+    for flag in benchmark.CPU_FLAGS:
+        assert f'{flag} {"yes" if flag in flags else "no"}' in header
+    assert f'torch {torch.__version__}' in header
     assert re.search(r'max \|diff\| \S+ \(max \|logit\|', out)
-    for path in benchmark.PATHS:
-        assert re.search(rf'64x96 +infer +float32 +{path}( +[\d.]+){{4}}',
-                         out)
-    assert re.search(r'infer +float32 +speed x[\d.]+ +memory x[\d.]+', out)
-
-
-def test_benchmark_head_only_prints_both_forms(tiny, capsys):
-    benchmark.main([tiny[0], '--head-only', '--shape', '64', '64',
-                    '--iters', '1', '--warmup', '0', '--dtypes', 'float32',
-                    '--train'])
-    out = capsys.readouterr().out
-    assert 'K=4' in out
-    for mode in ('infer', 'train'):
-        for path in benchmark.HEAD_PATHS:
-            assert re.search(
-                rf'64x64 +{mode} +float32 +{path}( +[\d.]+){{4}}', out)
+    rows = re.findall(r'^64x96 infer float32 +(\S+)( +[\d.]+){3}(.*)$', out,
+                      re.M)
+    assert [row[0] for row in rows] == list(benchmark.PATHS)
+    assert rows[0][2] == ''  # ours: the ratios are over it
+    for row in rows[1:]:
+        assert re.fullmatch(r' +x[\d.]+ time, x[\d.]+ memory', row[2])
 
 
 def test_benchmark_frozen_times_training_with_a_frozen_backbone(tiny,
@@ -78,15 +97,16 @@ def test_benchmark_frozen_times_training_with_a_frozen_backbone(tiny,
                     '1', '--warmup', '0', '--dtypes', 'float32'])
     out = capsys.readouterr().out
     for path in benchmark.FROZEN_PATHS:
-        assert re.search(rf'64x64 +train +float32 +{path}( +[\d.]+){{4}}',
+        assert re.search(rf'64x64 train float32 +{path}( +[\d.]+){{3}}',
                          out)
     assert ' infer ' not in out  # a frozen backbone infers as a full one
-    assert re.search(r'train +float32 +speed x[\d.]+ +memory x[\d.]+', out)
+    assert re.search(r'train float32 +full( +[\d.]+){3} +x[\d.]+ time, '
+                     r'x[\d.]+ memory', out)
 
 
 def test_benchmark_refuses_two_reference_paths(tiny):
     with pytest.raises(SystemExit):
-        benchmark.main([tiny[0], '--head-only', '--compile'])
+        benchmark.main([tiny[0], '--frozen', '--compile'])
 
 
 def test_peak_memory_sees_a_known_allocation():
@@ -116,14 +136,15 @@ def test_steps_alternate_and_are_all_timed():
 
 
 def test_benchmark_stops_on_non_finite_logits(tiny, monkeypatch):
-    """A NaN weight (copied into both paths) gives NaN logits and a NaN
-    difference: the benchmark stops, naming the config and the weights."""
+    """A NaN weight of ours (copied into the straightforward path) gives NaN
+    logits and a NaN difference: the benchmark stops, naming the config and the weights."""
     build_model = benchmark.build_model
 
     def with_nan(cfg, path, device):
         model = build_model(cfg, path, device)
-        with torch.no_grad():
-            model.decode_head.mlp[0][0].weight[0, 0] = float('nan')
+        if path == 'ours':
+            with torch.no_grad():
+                model.decode_head.mlp[0][0].weight[0, 0] = float('nan')
         return model
 
     monkeypatch.setattr(benchmark, 'build_model', with_nan)

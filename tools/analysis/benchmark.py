@@ -1,44 +1,25 @@
-"""Latency, throughput and peak memory of a RegionProxy model next to a
-reference implementation of the same model, side by side in one run.
+"""Latency, throughput and peak memory of a RegionProxy model next to other
+implementations, side by side in one run, on the machine it prints.
 
     python tools/analysis/benchmark.py CONFIG [CHECKPOINT] [--shape H W]
-        [--batch N] [--train-batch N] [--iters N] [--warmup N]
         [--dtypes float32 bfloat16] [--train] [--with-cp]
-        [--compile | --head-only | --frozen]
+        [--compile | --frozen]
 
-The two paths timed (ours first):
-
-- by default, ours vs the straightforward path: mmseg's
-  ``VisionTransformer`` with the same weights and ``ProxyHead`` in its
-  unfold form with mmseg's loss;
-- ``--compile``: ours compiled as by ``test.py --compile``
-  (``torch.compile(mode='reduce-overhead')``, CUDA graphs on a GPU) vs ours
-  eager;
-- ``--head-only``: ``ProxyHead`` alone on random token maps, accumulating
-  the 9 neighbouring regions (ours) vs materialising them with ``F.unfold``;
-  without ``--shape``, at the token grids of 512x512, 640x640 and 512x2048
-  images;
-- ``--frozen``: training steps of ours with the whole backbone frozen
-  (``frozen_stages`` = its number of layers: only the head trains) vs ours
-  training in full.
-
-Both paths first run one float32 input and must give the same logits. After
-warm-up their steps alternate call by call, so load from other processes
-hits both alike, and a speed-up is the median of the ratios of calls made
-back to back. Peak memory is measured for each case in a fresh subprocess
-(:func:`peak_memory`), so one path's freed or cached memory never hides the
-other's.
+What each mode times and how is in docs/speed.md (``--frozen``:
+docs/frozen_backbones.md).
 """
 import argparse
 import inspect
 import json
 import math
 import os
+import platform
 import runpy
 import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -59,15 +40,14 @@ from regproxy.models.backbones import RegionProxyViT
 from regproxy.utils import (DTYPES, add_shape_arg, add_trust_checkpoint_arg,
                             fail, standalone_model_cfg)
 
-PATHS = ('ours', 'straightforward')
+# The paths each mode times, ours first; the first two get the same weights.
+PATHS = ('ours', 'straightforward', 'segmenter')
 COMPILE_PATHS = ('compiled', 'ours')
-HEAD_PATHS = ('accumulated', 'unfold')
 FROZEN_PATHS = ('frozen', 'full')
-# Image sizes (H, W) whose token grids --head-only measures by default.
-HEAD_INPUTS = ((512, 512), (640, 640), (512, 2048))
+# The CPU flags that decide float32 and bfloat16 speed here.
+CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
 MEMORY_STEPS = 2  # calls of a step during a peak-memory measurement
 PEAK_PREFIX = 'PEAK_BYTES '  # how a memory worker reports its peak
-MiB = 2**20
 Step = Callable[[], None]
 
 
@@ -92,15 +72,9 @@ def straightforward_cfg(model_cfg: dict) -> dict:
             or backbone['deit'] or backbone['embed_type']):
         raise ValueError('the straightforward path (mmseg VisionTransformer) '
                          'exists for plain RegionProxyViT backbones only, not '
-                         'for timm, DeiT or hybrid ones (--head-only times '
-                         'the head of any)')
-    if backbone['mlp_ratio'] * backbone['embed_dims'] % 1:
-        raise ValueError('mmseg VisionTransformer needs an integer MLP width')
-    out_indices = backbone['out_indices']
-    if -1 in (out_indices if isinstance(out_indices, Sequence) else
-              (out_indices, )):
-        raise ValueError('mmseg VisionTransformer reads out_indices=-1 as the '
-                         'last layer, not the embedding')
+                         'for timm, DeiT or hybrid ones')
+    if backbone['mlp_ratio'] % 1:  # mmseg's MLP width is mlp_ratio * C
+        raise ValueError('mmseg VisionTransformer needs an integer mlp_ratio')
     accepted = _defaults(VisionTransformer)
     cfg['backbone'] = {k: v for k, v in backbone.items() if k in accepted}
     # Both patch embeddings are bias-free (mmseg's patch_bias=False).
@@ -113,21 +87,37 @@ def straightforward_cfg(model_cfg: dict) -> dict:
     return cfg
 
 
+def segmenter_cfg(model_cfg: dict) -> dict:
+    """The segmentor config of the peer, mmseg's Segmenter (Strudel et al.,
+    ICCV 2021) as in its configs/segmenter: the straightforward path's
+    ``VisionTransformer`` (width, depth, patch, image size) and a 2-layer
+    ``SegmenterMaskTransformerHead`` of the same width on its last layer."""
+    cfg = straightforward_cfg(model_cfg)
+    backbone = cfg['backbone']
+    backbone['out_indices'] = backbone['num_layers'] - 1
+    width = backbone['embed_dims']
+    cfg['type'] = 'mmseg.EncoderDecoder'
+    cfg['decode_head'] = dict(
+        type='mmseg.SegmenterMaskTransformerHead', in_channels=width,
+        channels=width, embed_dims=width, num_heads=backbone['num_heads'],
+        num_layers=2, dropout_ratio=0.0,
+        num_classes=cfg['decode_head']['num_classes'],
+        loss_decode=cfg['decode_head']['loss_decode'])
+    return cfg
+
+
 def repo_script(name: str) -> dict:
-    """The globals of the repository's script ``name``: the benchmark uses
-    ``test.py``'s compiled inference and ``train.py``'s CPU check."""
+    """The globals of the repository's script ``name`` (``test.py``)."""
     return runpy.run_path(str(Path(__file__).resolve().parents[2] / name))
 
 
 def build_model(cfg: Config, path: str, device: torch.device) -> nn.Module:
     """The segmentor timed as ``path`` (one of :data:`PATHS`,
-    :data:`COMPILE_PATHS`, :data:`HEAD_PATHS`, :data:`FROZEN_PATHS`;
-    ``compiled``: ours with a compiled ``encode_decode``; ``frozen``: ours
-    with the whole backbone frozen), with PyTorch's default initialisation:
-    the two paths get the same weights by copying, so no pretrained file is
-    read."""
-    model_cfg = (straightforward_cfg(cfg.model) if path == 'straightforward'
-                 else standalone_model_cfg(cfg.model))
+    :data:`COMPILE_PATHS`, :data:`FROZEN_PATHS`), with PyTorch's default
+    initialisation: no pretrained file is read."""
+    model_cfg = {'straightforward': straightforward_cfg,
+                 'segmenter': segmenter_cfg}.get(
+                     path, standalone_model_cfg)(cfg.model)
     model = MODELS.build(model_cfg)
     if path == 'frozen':
         backbone = model.backbone
@@ -135,8 +125,6 @@ def build_model(cfg: Config, path: str, device: torch.device) -> nn.Module:
             backbone, 'num_layers', None) or len(backbone.layers)
         model = MODELS.build(model_cfg)
     model = model.to(device)
-    if path == 'unfold':
-        model.decode_head.use_unfold = True
     if path == 'compiled':
         repo_script('test.py')['compile_inference'](model)
     return model
@@ -148,89 +136,49 @@ def make_inputs(batch: int, shape: Tuple[int, int],
     return torch.randn(batch, 3, *shape, generator=generator).to(device)
 
 
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Autocast to ``dtype``; a no-op for float32."""
-    return torch.autocast(
-        device.type, dtype=dtype, enabled=dtype != torch.float32)
+def make_step(args: argparse.Namespace, model: nn.Module, mode: str,
+              dtype: str) -> Step:
+    """The step of one case on its random input, under autocast to
+    ``dtype`` (none for float32). ``infer``: one whole-image forward
+    (backbone, head, resize to the input size); ``train``: the loss on random
+    labels, backward and an AdamW step (the recipe's settings)."""
+    device = torch.device(args.device)
+    images = make_inputs(args.batch if mode == 'infer' else args.train_batch,
+                         args.shape, device)
+    cast = partial(torch.autocast, device.type, dtype=DTYPES[dtype],
+                   enabled=dtype != 'float32')
+    model.train(mode == 'train')
+    if mode == 'infer':
+        metas = [dict(img_shape=args.shape)]
 
+        def step():
+            with torch.no_grad(), cast():
+                model.encode_decode(images, metas)
 
-def inference_step(model: nn.Module, images: torch.Tensor,
-                   dtype: torch.dtype) -> Step:
-    """One whole-image forward: backbone, head, resize to the input size."""
-    model.eval()
-    metas = [dict(img_shape=images.shape[2:])]
-
-    def step():
-        with torch.no_grad(), autocast(images.device, dtype):
-            model.encode_decode(images, metas)
-
-    return step
-
-
-def train_step(model: nn.Module, images: torch.Tensor,
-               dtype: torch.dtype) -> Step:
-    """Loss on random labels, backward, AdamW step (the recipe's settings)."""
-    model.train()
+        return step
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(model.decode_head.num_classes,
-                           (len(images), 1, *images.shape[2:]),
-                           generator=generator).to(images.device)
+                           (len(images), 1, *args.shape),
+                           generator=generator).to(device)
     samples = [SegDataSample(gt_sem_seg=PixelData(data=y)) for y in labels]
     optim_wrapper = OptimWrapper(torch.optim.AdamW(
         model.parameters(), lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01))
 
     def step():
-        with autocast(images.device, dtype):
+        with cast():
             losses = model.loss(images, samples)
         optim_wrapper.update_params(model.parse_losses(losses)[0])
 
     return step
 
 
-def head_step(model: nn.Module, images: torch.Tensor, mode: str,
-              dtype: torch.dtype) -> Step:
-    """The head alone, forward (``infer``) or forward + backward (``train``),
-    on random (mid, last) token maps of the images' size."""
-    head = model.decode_head
-    head.train(mode == 'train')
-    patch = model.backbone.patch_size
-    grid = [-(-size // patch) for size in images.shape[2:]]
-    generator = torch.Generator().manual_seed(0)
-    maps = [
-        torch.randn(len(images), c, *grid,
-                    generator=generator).to(images.device)
-        for c in head.in_channels
-    ]
-
-    def step():
-        with torch.set_grad_enabled(mode == 'train'), autocast(
-                images.device, dtype):
-            out = head(maps)
-        if mode == 'train':
-            out.float().mean().backward()
-            head.zero_grad(set_to_none=True)
-
-    return step
-
-
-def make_step(args: argparse.Namespace, model: nn.Module, mode: str,
-              dtype: str, shape: Tuple[int, int]) -> Step:
-    """The step of one case, on its random input."""
-    batch = args.batch if mode == 'infer' else args.train_batch
-    images = make_inputs(batch, shape, torch.device(args.device))
-    if args.head_only:
-        return head_step(model, images, mode, DTYPES[dtype])
-    make = inference_step if mode == 'infer' else train_step
-    return make(model, images, DTYPES[dtype])
-
-
-def compare_logits(models: Dict[str, nn.Module],
+def compare_logits(models: Sequence[nn.Module],
                    images: torch.Tensor) -> Tuple[float, float]:
-    """(max |difference|, max |logit|) of the two paths' float32 logits."""
+    """(max |difference|, max |logit|) of two models' float32 logits."""
     metas = [dict(img_shape=images.shape[2:])]
     with torch.no_grad():
         first, second = (model.eval().encode_decode(images, metas).float()
-                         for model in models.values())
+                         for model in models)
     return (first - second).abs().max().item(), first.abs().max().item()
 
 
@@ -242,38 +190,30 @@ def time_steps(steps: Dict[str, Step], iters: int, warmup: int,
     for step in steps.values():
         for _ in range(warmup):
             step()
+    sync = (torch.cuda.synchronize if device.type == 'cuda' else
+            lambda device: None)
     times = {name: [] for name in steps}
     names = list(steps)
     for i in range(iters):
         for name in names if i % 2 == 0 else reversed(names):
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
+            sync(device)
             start = time.perf_counter()
             steps[name]()
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
+            sync(device)
             times[name].append(time.perf_counter() - start)
     return times
 
 
 def _status_bytes(field: str) -> int:
     with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) * 1024  # the kernel reports kB
-    raise RuntimeError(f'{field} missing from /proc/self/status')
+        status = dict(line.split(':', 1) for line in f)
+    return int(status[field].split()[0]) * 1024  # the kernel reports kB
 
 
 def peak_memory(step: Step, steps: int, device: torch.device) -> int:
-    """Peak bytes above the current use during ``steps`` calls of ``step``.
-
-    CUDA: ``max_memory_allocated`` minus ``memory_allocated`` before (tensor
-    bytes; the caching allocator's reserve is left out). CPU: the kernel's
-    peak resident set size (``VmHWM``), reset to the current size through
-    ``/proc/self/clear_refs`` right before the steps, minus ``VmRSS`` then;
-    run it in :func:`worker_peak`'s process, whose fixed mmap threshold makes
-    RSS follow the live tensor bytes.
-    """
+    """Peak bytes above the current use during ``steps`` calls of ``step``:
+    CUDA's peak allocated tensor bytes, or the CPU's peak resident set size
+    (in :func:`worker_peak`'s process; how: docs/speed.md)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -295,30 +235,21 @@ def run_worker(args: argparse.Namespace, cfg: Config) -> None:
     """Subprocess body: build one case, print its peak memory."""
     spec = json.loads(args.worker)
     device = torch.device(args.device)
-    torch.manual_seed(0)
     model = build_model(cfg, spec['path'], device)
-    step = make_step(args, model, spec['mode'], spec['dtype'],
-                     args.shapes[0])
+    step = make_step(args, model, spec['mode'], spec['dtype'])
     if spec['path'] == 'compiled':
         step()  # compiles; the compiler's memory is not the model's
     print(PEAK_PREFIX + str(peak_memory(step, MEMORY_STEPS, device)),
           flush=True)
 
 
-def worker_peak(argv: Sequence[str], spec: dict,
-                shape: Tuple[int, int]) -> int:
-    """Peak memory of the case ``spec`` at ``shape``, measured by this
-    script (command line ``argv``) in a fresh interpreter.
-
-    glibc's malloc keeps freed blocks below its adaptive mmap threshold (up
-    to 32 MiB) in its heap, which makes RSS depend on allocation history; the
-    worker's threshold is fixed at 128 KiB, so every tensor above it is
-    mapped on allocation and unmapped when freed.
-    """
-    command = [
-        sys.executable, os.path.abspath(__file__), *argv, '--shape',
-        *map(str, shape), '--worker', json.dumps(spec)
-    ]
+def worker_peak(argv: Sequence[str], spec: dict) -> int:
+    """Peak memory of the case ``spec``, measured by this script (command
+    line ``argv``) in a fresh interpreter whose glibc mmap threshold is fixed
+    at 128 KiB: every tensor above it is mapped when allocated and unmapped
+    when freed, so RSS follows the live tensors, not the history."""
+    command = [sys.executable, os.path.abspath(__file__), *argv,
+               '--worker', json.dumps(spec)]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
     result = subprocess.run(command, env=env, capture_output=True, text=True,
                             check=False)
@@ -329,18 +260,15 @@ def worker_peak(argv: Sequence[str], spec: dict,
 
 def benchmark_models(args: argparse.Namespace, cfg: Config,
                      argv: Sequence[str]) -> List[dict]:
-    """Check that both paths agree, then time and measure each case."""
+    """Check that ours and the next path agree, then time and measure each
+    case: one result per input, mode and dtype, holding every path's call
+    times and peak memory."""
     device = torch.device(args.device)
-    paths = (HEAD_PATHS if args.head_only else
-             COMPILE_PATHS if args.compile else
+    paths = (COMPILE_PATHS if args.compile else
              FROZEN_PATHS if args.frozen else PATHS)
     torch.manual_seed(0)
     models = {path: build_model(cfg, path, device) for path in paths}
-    ours, other = models.values()
-    if args.head_only:
-        head = ours.decode_head
-        print(f'ProxyHead: C={head.in_channels}, K={head.num_classes}, '
-              f'region_res={head.region_res}')
+    ours, other = list(models.values())[:2]
     if args.checkpoint:
         with trusted_checkpoints(args.trust_checkpoint):
             load_segmentor_checkpoint(ours, args.checkpoint)
@@ -348,7 +276,7 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
     other.load_state_dict(ours.state_dict())
     start = time.perf_counter()
     diff, scale = compare_logits(
-        models, make_inputs(args.batch, args.shapes[0], device))
+        (ours, other), make_inputs(args.batch, args.shape, device))
     if args.compile:
         print(f'compiled (first call) in {time.perf_counter() - start:.1f} s')
     print(f'float32 logits, {paths[0]} vs {paths[1]}: max |diff| '
@@ -359,63 +287,74 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
              f'{weights}: check the weights for non-finite values')
     if not diff <= 1e-4 * max(scale, 1.):
         fail('the two paths disagree; timings would compare different models')
-    rows = []
-    for shape in args.shapes:
-        # a frozen backbone infers as a trained one: training steps only
-        modes = ((['infer'] if not args.frozen else []) +
-                 (['train'] if args.train or args.frozen else []))
-        for mode in modes:
-            for dtype in args.dtypes:
-                steps = {
-                    path: make_step(args, model, mode, dtype, shape)
-                    for path, model in models.items()
-                }
-                times = time_steps(steps, args.iters, args.warmup, device)
-                batch = args.batch if mode == 'infer' else args.train_batch
-                for path in paths:
-                    spec = dict(path=path, mode=mode, dtype=dtype)
-                    peak = worker_peak(argv, spec, shape)
-                    rows.append(dict(spec, case=f'{shape[0]}x{shape[1]}',
-                                     batch=batch, times=times[path],
-                                     peak=peak))
-                print(f'  done: {shape[0]}x{shape[1]} {mode} {dtype}',
-                      flush=True)
-    return rows
+    modes = (['train'] if args.frozen else  # it infers as a full backbone
+             ['infer', 'train'] if args.train else ['infer'])
+    results = []
+    for mode in modes:
+        for dtype in args.dtypes:
+            steps = {path: make_step(args, model, mode, dtype)
+                     for path, model in models.items()}
+            times = time_steps(steps, args.iters, args.warmup, device)
+            peaks = {path: worker_peak(argv, dict(path=path, mode=mode,
+                                                  dtype=dtype))
+                     for path in paths}
+            case = f'{args.shape[0]}x{args.shape[1]} {mode} {dtype}'
+            print(f'  done: {case}', flush=True)
+            results.append(dict(
+                case=case, times=times, peaks=peaks,
+                batch=args.batch if mode == 'infer' else args.train_batch))
+    return results
 
 
-def print_comparison(rows: List[dict]) -> None:
-    """Print latency (median and fastest call), FPS and peak memory of every
-    row (``case``, ``mode``, ``dtype``, ``path``, ``times``, ``batch``,
-    ``peak``; rows in pairs: ours, then the reference); then per pair the
-    speed-up, the median over calls i of reference_i / ours_i, and the
-    memory ratio."""
-    print(f'\n{"input":<12} {"mode":<6} {"dtype":<9} {"path":<16} '
-          f'{"latency (ms)":>12} {"min (ms)":>9} {"FPS":>8} '
-          f'{"peak (MiB)":>11}')
-    for row in rows:
-        latency = statistics.median(row['times'])
-        print(f'{row["case"]:<12} {row["mode"]:<6} {row["dtype"]:<9} '
-              f'{row["path"]:<16} {latency * 1e3:>12.1f} '
-              f'{min(row["times"]) * 1e3:>9.1f} '
-              f'{row["batch"] / latency:>8.2f} {row["peak"] / MiB:>11.1f}')
-    print('\nreference / ours (speed-up; peak-memory ratio):')
-    for ours, ref in zip(rows[::2], rows[1::2]):
-        speedup = statistics.median(
-            r / o for r, o in zip(ref['times'], ours['times']))
-        print(f'{ours["case"]:<12} {ours["mode"]:<6} {ours["dtype"]:<9} '
-              f'speed x{speedup:.2f}  '
-              f'memory x{ref["peak"] / max(ours["peak"], 1):.2f}')
+def print_comparison(results: List[dict]) -> None:
+    """Print, for every path of every result of :func:`benchmark_models`,
+    the median call, FPS and peak memory, and for all but the first path its
+    time and memory over the first's: the median over calls i of path_i /
+    first_i (calls made back to back), the ratio of peaks."""
+    print(f'\n{"case":<24} {"path":<16} {"latency (ms)":>12} {"FPS":>8} '
+          f'{"peak (MiB)":>11}  over the first: time, memory')
+    for result in results:
+        times, peaks = result['times'], result['peaks']
+        first = next(iter(times))
+        for path in times:
+            latency = statistics.median(times[path])
+            line = (f'{result["case"]:<24} {path:<16} {latency * 1e3:>12.1f} '
+                    f'{result["batch"] / latency:>8.2f} '
+                    f'{peaks[path] / 2**20:>11.1f}')
+            if path != first:
+                speed = statistics.median(
+                    t / f for t, f in zip(times[path], times[first]))
+                line += (f'  x{speed:.2f} time, '
+                         f'x{peaks[path] / max(peaks[first], 1):.2f} memory')
+            print(line)
+
+
+def machine(device: torch.device) -> str:
+    """The CPU's model name and which of :data:`CPU_FLAGS` it has, from
+    Linux's /proc/cpuinfo (torch 2.12 has no public query), the GPU, the
+    torch version and the threads it runs."""
+    fields = {}
+    if os.path.exists('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                fields.setdefault(key.strip(), value.strip())
+    flags = fields.get('flags', '').split()
+    has = ', '.join(f'{flag} {"yes" if flag in flags else "no"}'
+                    for flag in CPU_FLAGS) if flags else 'flags unknown'
+    gpu = (f', GPU: {torch.cuda.get_device_name(device)}'
+           if device.type == 'cuda' else '')
+    return (f'CPU: {fields.get("model name", platform.processor())} ({has})'
+            f'{gpu}, torch {torch.__version__}, '
+            f'{torch.get_num_threads()} threads')
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description='speed and peak memory, ours vs a reference path')
+        description='speed and peak memory, ours vs other implementations')
     parser.add_argument('config')
     parser.add_argument('checkpoint', nargs='?', help='weights of ours')
-    add_shape_arg(
-        parser, 'input image size (default: the crop size of the config; '
-        'with --head-only: ' +
-        ', '.join(f'{h}x{w}' for h, w in HEAD_INPUTS) + ')')
+    add_shape_arg(parser)
     parser.add_argument('--batch', type=int, default=1,
                         help='images per inference forward')
     parser.add_argument('--train-batch', type=int, default=2,
@@ -429,16 +368,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help='also time a training step')
     parser.add_argument(
         '--with-cp', action='store_true',
-        help='activation checkpointing in both backbones (with_cp)')
+        help='activation checkpointing in the backbones (with_cp)')
     paths = parser.add_mutually_exclusive_group()
     paths.add_argument(
         '--compile', action='store_true',
-        help="time ours under torch.compile(mode='reduce-overhead') (CUDA "
-        'graphs on a GPU) against ours eager; off by default, as it gives '
-        'no gain on the CPU')
-    paths.add_argument(
-        '--head-only', action='store_true',
-        help='time ProxyHead alone, accumulated against unfold form')
+        help='time ours compiled as by test.py --compile against ours eager '
+        '(no gain on the CPU)')
     paths.add_argument(
         '--frozen', action='store_true',
         help='time training steps with the whole backbone frozen (only the '
@@ -462,28 +397,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = Config.fromfile(args.config)
     if args.with_cp:
         cfg.model.backbone.with_cp = True
-    args.shapes = ([tuple(args.shape)] if args.shape else
-                   HEAD_INPUTS if args.head_only else
-                   [tuple(cfg.get('crop_size', (512, 512)))])
+    args.shape = tuple(args.shape or cfg.get('crop_size', (512, 512)))
     if args.worker:
         run_worker(args, cfg)
         return
-    print(f'{os.path.basename(args.config)} on {args.device} '
-          f'({torch.get_num_threads()} threads), torch {torch.__version__}')
-    if (args.device == 'cpu' and 'bfloat16' in args.dtypes
-            and not repo_script('train.py')['cpu_has_bf16']()):
-        print('note: this CPU has no bfloat16 instructions; bfloat16 '
-              'autocast is emulated and slower than float32 here')
-    if args.device == 'cpu' and args.compile:
+    device = torch.device(args.device)
+    print(machine(device))
+    if device.type == 'cpu' and args.compile:
         print(f'note: {repo_script("test.py")["CPU_COMPILE_NOTE"]}')
-    print(f'batch {args.batch} (training: batch {args.train_batch})')
+    print(f'{os.path.basename(args.config)}, batch {args.batch} (training: '
+          f'batch {args.train_batch})')
     try:
-        rows = benchmark_models(args, cfg, argv)
+        results = benchmark_models(args, cfg, argv)
     except CheckpointError as error:
         fail(str(error))
     except ValueError as error:  # a config the reference cannot mirror
         fail(f'{args.config}: {error}')
-    print_comparison(rows)
+    print_comparison(results)
 
 
 if __name__ == '__main__':
