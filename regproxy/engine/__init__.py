@@ -11,7 +11,6 @@ from .label_checks_hook import LabelChecksHook
 from .non_finite_loss_hook import NonFiniteLossHook
 from .rng_state_hook import RNGStateHook
 from .runner import RegProxyRunner, find_resumable_checkpoints
-from .skip_non_finite_optim_wrapper import SkipNonFiniteOptimWrapper
 from .unwrap_model import unwrap_model
 from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
 from .work_dir_lock import WorkDirBusyError, WorkDirLock
@@ -23,6 +22,6 @@ __all__ = [
     'trusted_checkpoints', 'non_finite_weights_allowed', 'NonFiniteLossHook',
     'RNGStateHook',
     'RegProxyRunner', 'find_resumable_checkpoints',
-    'SkipNonFiniteOptimWrapper', 'unwrap_model', 'WeightsOnlyCheckpointHook',
+    'unwrap_model', 'WeightsOnlyCheckpointHook',
     'WorkDirBusyError', 'WorkDirLock'
 ]

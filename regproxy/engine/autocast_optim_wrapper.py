@@ -3,8 +3,8 @@ from typing import Union
 
 import torch
 import torch.nn as nn
-from mmengine.optim import OptimWrapper
 from mmengine.device import get_device
+from mmengine.optim import OptimWrapper
 from mmseg.registry import OPTIM_WRAPPERS
 
 __all__ = ['AutocastOptimWrapper']
@@ -14,16 +14,14 @@ __all__ = ['AutocastOptimWrapper']
 class AutocastOptimWrapper(OptimWrapper):
     """Mixed precision by autocast alone, without loss scaling.
 
-    mmengine's ``AmpOptimWrapper`` refuses to run without an accelerator.
-    With bfloat16, which has float32's exponent range, gradients do not
-    underflow and need no loss scaling, so autocast in the forward pass is
-    all mixed precision takes; this also works on the CPU. ``train.py
-    --amp`` uses it when there is no CUDA device.
+    mmengine 0.10.7's ``AmpOptimWrapper`` asserts a GPU (or NPU, MLU, MUSA)
+    at construction. bfloat16 has float32's exponent range, so its
+    gradients need no loss scaling: autocast is all it takes, on the CPU
+    too. ``train.py --amp`` uses this wrapper when there is no CUDA device.
 
     Args:
         dtype (str | torch.dtype): autocast precision. Default: 'bfloat16'.
-        **kwargs: ``OptimWrapper`` arguments (``optimizer``, ``clip_grad``,
-            ``accumulative_counts``).
+        **kwargs: ``OptimWrapper`` arguments.
     """
 
     def __init__(self, dtype: Union[str, torch.dtype] = 'bfloat16', **kwargs):
@@ -33,7 +31,7 @@ class AutocastOptimWrapper(OptimWrapper):
 
     @contextmanager
     def optim_context(self, model: nn.Module):
-        """Gradient-sync handling of ``OptimWrapper`` plus autocast.
+        """``OptimWrapper``'s context (gradient sync) plus autocast.
 
         Args:
             model (nn.Module): the model being trained.

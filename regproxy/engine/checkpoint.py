@@ -1,16 +1,11 @@
-"""Loading segmentor checkpoints into models and writing checkpoint files.
-
-Files are read by :func:`load_checkpoint_file` (weights-only, through
-mmengine's ``CheckpointLoader``; defined beside the backbones, which read
-their ``pretrained`` files with it).
-"""
-import io
+"""Loading segmentor checkpoints into models and writing checkpoint files
+(docs/checkpoints.md)."""
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-import torch
 import torch.nn as nn
-from mmengine.runner.checkpoint import load_state_dict
+from mmengine.fileio import get_file_backend
+from mmengine.runner.checkpoint import load_state_dict, save_checkpoint
 from safetensors.torch import save as safetensors_bytes
 
 from ..models.utils.checkpoint_filter import is_timm_vit, unwrap_state_dict
@@ -19,41 +14,41 @@ from ..models.utils.safe_checkpoint_loader import (DDP_PREFIX,
                                                    check_state_dict_fits,
                                                    load_checkpoint_file,
                                                    revise_state_dict)
-from .atomic_local_backend import AtomicLocalBackend
 from .unwrap_model import unwrap_model
 
 __all__ = [
-    'STRICT_REMEDY', 'save_checkpoint_file', 'refuse_imagenet_vit',
-    'load_weights', 'load_segmentor_checkpoint'
+    'save_checkpoint_file', 'refuse_imagenet_vit', 'load_weights',
+    'load_segmentor_checkpoint'
 ]
 
 CONVERTER = 'tools/model_converters/vit2regproxy.py'
+# The registered backend of atomic_local_backend.py.
+ATOMIC = dict(backend='atomic_local')
 STRICT_REMEDY = ('To load the matching part only, set load_strict=False '
                  '(--cfg-options load_strict=False)')
 
 
 def save_checkpoint_file(obj: dict, filename: Union[str, Path]) -> List[str]:
-    """Write a checkpoint, never leaving a partial file under ``filename``.
+    """Write a checkpoint through the ``atomic_local`` backend, never
+    leaving a partial file under ``filename``.
 
     A name ending in ``.safetensors`` gets a safetensors file of
     ``obj['state_dict']`` (or of ``obj`` itself when it has none); any other
-    name a ``torch.save`` file of ``obj``.
+    name mmengine's ``torch.save`` file of ``obj``.
 
     Returns:
         list[str]: the entries of ``obj`` that were not written (a
         safetensors file holds tensors only, e.g. ``meta``).
     """
     if not str(filename).endswith('.safetensors'):
-        with io.BytesIO() as buffer:
-            torch.save(obj, buffer)
-            AtomicLocalBackend().put(buffer.getvalue(), filename)
+        save_checkpoint(obj, str(filename), backend_args=ATOMIC)
         return []
     tensors = obj.get('state_dict', obj)
     # safetensors refuses tensors that share memory: each gets its own
     data = safetensors_bytes(
         {k: v.detach().cpu().clone().contiguous()
          for k, v in tensors.items()})
-    AtomicLocalBackend().put(data, filename)
+    get_file_backend(str(filename), backend_args=ATOMIC).put(data, filename)
     return [k for k in obj if k != 'state_dict'] if tensors is not obj else []
 
 
@@ -75,29 +70,23 @@ def load_weights(model: nn.Module,
                  source: str,
                  strict: bool = True,
                  revise_keys: Sequence[Tuple[str, str]] = DDP_PREFIX,
-                 logger: Optional[str] = 'current',
-                 remedy: str = STRICT_REMEDY) -> None:
-    """Load the weights of a read checkpoint into ``model``.
-
-    The keys are rewritten by ``revise_keys`` first, and the weights go in
-    through mmengine's ``load_state_dict``. With ``strict`` a checkpoint
-    that does not fit is refused before anything is loaded, naming the keys
-    and shapes; otherwise the matching tensors are loaded and mmengine logs
-    the rest. ImageNet ViT weights are always refused, pointing to the
-    converter.
+                 logger: Optional[str] = 'current') -> None:
+    """Load the weights of a read checkpoint into ``model`` through
+    mmengine's ``load_state_dict``, after the ``revise_keys`` rewrites.
 
     Args:
         model (nn.Module): the model, wrappers followed (:func:`unwrap_model`).
         checkpoint (dict): as read by :func:`load_checkpoint_file`.
         source (str): the file, for the messages.
-        strict (bool): refuse any mismatch. Default: True.
+        strict (bool): refuse a checkpoint that does not fit before anything
+            is loaded, naming the keys and shapes; else load the matching
+            tensors and let mmengine log the rest. Default: True.
         revise_keys: mmengine's ``(pattern, replacement)`` key rewrites.
             Default: DDP's ``module.`` removed.
         logger: where mmengine's mismatch warning goes.
-        remedy (str): the last sentence of a strict mismatch error.
 
     Raises:
-        CheckpointError: not a dict, ImageNet ViT weights, or (with
+        CheckpointError: not a dict, ImageNet ViT weights (always), or (with
             ``strict``) keys missing, unexpected or of another shape.
     """
     if not isinstance(checkpoint, dict):
@@ -109,7 +98,7 @@ def load_weights(model: nn.Module,
                                 revise_keys)
     model = unwrap_model(model)
     if strict:
-        check_state_dict_fits(model, weights, source, remedy)
+        check_state_dict_fits(model, weights, source, STRICT_REMEDY)
     load_state_dict(model, weights, strict=False, logger=logger)
 
 

@@ -4,15 +4,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import MessageHub
 from mmseg.registry import HOOKS
 
-__all__ = ['NonFiniteLossHook', 'SKIPPED_STEPS']
-
-# Message hub info in which an optimizer wrapper that skips the update of
-# a non-finite loss counts the steps it skipped.
-SKIPPED_STEPS = 'non_finite_skipped_steps'
-
-
-def _skipped_steps() -> int:
-    return MessageHub.get_current_instance().get_info(SKIPPED_STEPS, 0)
+__all__ = ['NonFiniteLossHook']
 
 
 def _resume_advice() -> str:
@@ -32,29 +24,20 @@ def _resume_advice() -> str:
 
 @HOOKS.register_module()
 class NonFiniteLossHook(Hook):
-    """Stop training at the first NaN or inf loss that was not skipped.
+    """Stop training at the first NaN or inf loss.
 
     Runs before the checkpoint hook (priority ``ABOVE_NORMAL``), so the
     step that produced the bad loss is never saved and the last good
-    checkpoint stays the latest one to resume from. An iteration whose
-    update the optimizer wrapper skipped (it counts it in the message hub's
-    :data:`SKIPPED_STEPS`, as :class:`SkipNonFiniteOptimWrapper` does) is
-    left to the wrapper, which decides when to stop.
+    checkpoint stays the latest one to resume from.
     """
 
     priority = 'ABOVE_NORMAL'
-    _skipped_before = 0
-
-    def before_train_iter(self, runner, batch_idx, data_batch=None):
-        self._skipped_before = _skipped_steps()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
         loss = (outputs or {}).get('loss')
-        if loss is None or _skipped_steps() != self._skipped_before:
+        if loss is None or math.isfinite(float(loss.detach())):
             return
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f'loss is {value} at iteration {runner.iter + 1}: training '
-                f'stopped; {_resume_advice()}')
+        raise FloatingPointError(
+            f'loss is {float(loss)} at iteration {runner.iter + 1}: training '
+            f'stopped; {_resume_advice()}')

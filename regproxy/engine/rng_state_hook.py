@@ -14,10 +14,11 @@ class RNGStateHook(Hook):
     on resume, so a resumed run draws the same drop-path masks (and any other
     main-process randomness) as an uninterrupted one.
 
-    The states are stored as tensors and Python numbers, which load with
-    ``torch.load(weights_only=True)``. Data augmentation runs in dataloader
-    workers, whose generators are seeded per worker and replayed by the
-    loop's skip over finished iterations.
+    mmengine's resume only re-seeds, which restarts the generators from the
+    seed. The states are stored as tensors and Python numbers, which load
+    with ``torch.load(weights_only=True)``. Data augmentation runs in
+    dataloader workers, which the loop's skip over finished iterations
+    replays.
     """
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -33,9 +34,9 @@ class RNGStateHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('rng_state')
-        # mmengine 0.10.7's Runner keeps its resume setting private.
-        if state is None or not getattr(runner, '_resume', False):
-            return  # loading weights to start a new run keeps its own seed
+        # Loading weights to start a new run keeps its own seed.
+        if state is None or not getattr(runner, 'resuming', False):
+            return
         random.setstate(state['python'])
         kind, keys, pos, has_gauss, cached_gaussian = state['numpy']
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos,

@@ -1,4 +1,5 @@
 import copy
+import logging
 import math
 import os
 import os.path as osp
@@ -8,9 +9,12 @@ from typing import Callable, Dict, List, Optional, Union
 import torch.nn as nn
 from mmengine.device import get_device
 from mmengine.dist import is_main_process
+from mmengine.logging import print_log
 from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
+from torch.nn.parallel import DistributedDataParallel
 
 from ..models.utils.safe_checkpoint_loader import (CheckpointError,
                                                    load_checkpoint_file,
@@ -49,41 +53,18 @@ def _initial_lrs(optim_wrapper) -> List[float]:
     return [g.get('initial_lr', g['lr']) for g in optimizer.param_groups]
 
 
-def _checkpoint_seed(cfg) -> Optional[int]:
-    """The seed recorded in the checkpoint a resume would start from."""
-    load_from = cfg.get('load_from')
-    candidates = [load_from] if load_from else find_resumable_checkpoints(
-        cfg.get('work_dir', ''))
-    for path in candidates:
-        try:
-            meta = load_checkpoint_file(
-                path, trust=cfg.get('trust_checkpoint', False),
-                allow_non_finite=cfg.get('allow_non_finite_weights',
-                                         False)).get('meta', {})
-        except CheckpointError:
-            continue  # resuming reports it
-        return meta.get('seed')
-    return None
-
-
 @RUNNERS.register_module()
 class RegProxyRunner(Runner):
-    """mmengine's Runner with safe, checked checkpoint loading.
+    """mmengine's Runner with safe, checked checkpoint loading
+    (docs/checkpoints.md, docs/troubleshooting.md).
 
-    - Files (local paths, ``http(s)://`` URLs, mmengine's other schemes)
-      are read with ``weights_only=True`` and an allow-list
-      (:func:`load_checkpoint_file`); ``trust_checkpoint = True`` in the
-      config reads them in full, for files from a trusted source.
-    - Weights holding NaN or inf are refused, naming the tensors;
-      ``allow_non_finite_weights = True`` in the config loads them (to
-      inspect such a file).
-    - Checkpoints of another model stop with an error that lists the
-      mismatched keys and shapes; ``load_strict = False`` loads the
-      matching part and logs the rest (fine-tuning to other classes).
+    - Files are read by :func:`load_checkpoint_file` (weights-only; in full
+      with ``trust_checkpoint = True``); weights holding NaN or inf are
+      refused unless ``allow_non_finite_weights = True``.
+    - A checkpoint that does not fit the model is refused naming the keys
+      and shapes, unless ``load_strict = False``.
     - ``resume = True`` without ``load_from`` resumes from the newest
-      readable ``iter_N.pth`` in the work dir (unreadable ones are skipped
-      with a warning), and refuses to start afresh over checkpoints that
-      cannot be read.
+      readable ``iter_N.pth`` of the work dir (:meth:`from_cfg`).
 
     The order of :meth:`load_checkpoint` is mmengine's: the
     ``after_load_checkpoint`` hooks see (and may edit) the checkpoint before
@@ -101,11 +82,6 @@ class RegProxyRunner(Runner):
     def allow_non_finite_weights(self) -> bool:
         """Load weights holding NaN or inf (config key, default False)."""
         return bool(self.cfg.get('allow_non_finite_weights', False))
-
-    @property
-    def load_strict(self) -> bool:
-        """Refuse checkpoints that do not fit (config key, default True)."""
-        return bool(self.cfg.get('load_strict', True))
 
     def load_checkpoint(self,
                         filename: str,
@@ -139,13 +115,10 @@ class RegProxyRunner(Runner):
             # mmengine's resume would run this 0.x config text as Python
             meta.pop('config', None)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
-        load_weights(
-            self.model,
-            checkpoint,
-            filename,
-            strict=self.load_strict if strict is None else strict,
-            revise_keys=revise_keys,
-            logger=self.logger)
+        if strict is None:
+            strict = bool(self.cfg.get('load_strict', True))
+        load_weights(self.model, checkpoint, filename, strict=strict,
+                     revise_keys=revise_keys, logger=self.logger)
         # As mmengine 0.10.7's load_checkpoint does (no public setter):
         # train() then keeps these weights instead of loading load_from.
         self._has_loaded = True
@@ -154,45 +127,76 @@ class RegProxyRunner(Runner):
 
     @classmethod
     def from_cfg(cls, cfg) -> 'RegProxyRunner':
-        """mmengine's, but an unseeded run that resumes takes the seed of
-        its checkpoint before anything random is drawn: the samplers and
-        dataloader workers are seeded when the runner builds them, before
-        mmengine's resume would restore the seed."""
-        randomness = dict(cfg.get('randomness') or {})
-        if cfg.get('resume') and randomness.get('seed') is None:
-            seed = _checkpoint_seed(cfg)
-            if seed is not None:
-                cfg = copy.deepcopy(cfg)
-                cfg.randomness = dict(randomness, seed=seed)
-        return super().from_cfg(cfg)
+        """mmengine's, but ``resume = True`` without ``load_from`` takes the
+        newest readable ``iter_N.pth`` of the work dir (unreadable ones are
+        skipped with a warning) and never starts afresh over checkpoints
+        that cannot be read; and an unseeded run that resumes takes the seed
+        of its checkpoint here, as the samplers and dataloader workers are
+        seeded when the runner builds them, before mmengine's resume would
+        restore it.
 
-    def _train_batch(self) -> dict:
-        return dict(batch_size=getattr(self.train_dataloader, 'batch_size',
-                                       None), world_size=self.world_size)
+        Raises:
+            CheckpointError: none of the work dir's checkpoints can be read.
+        """
+        if not cfg.get('resume'):
+            return super().from_cfg(cfg)
+        cfg = copy.deepcopy(cfg)
+        given = cfg.get('load_from')
+        candidates = [given] if given else find_resumable_checkpoints(
+            cfg.work_dir)
+        for path in candidates:
+            try:
+                meta = load_checkpoint_file(
+                    path, trust=cfg.get('trust_checkpoint', False),
+                    allow_non_finite=cfg.get('allow_non_finite_weights',
+                                             False)).get('meta', {})
+            except CheckpointError as error:
+                if not given and 'cannot read' in str(error):
+                    print_log(f'Skipped for resuming: {error}', 'current',
+                              logging.WARNING)
+                    continue
+                meta = {}  # resuming it reports the error
+            cfg.load_from = path
+            randomness = dict(cfg.get('randomness') or {})
+            if randomness.get('seed') is None:
+                cfg.randomness = dict(randomness, seed=meta.get('seed'))
+            break
+        else:
+            if candidates:
+                raise CheckpointError(
+                    f'--resume: none of the checkpoints in {cfg.work_dir} '
+                    f'can be read ({", ".join(map(osp.basename, candidates))}'
+                    '). Training from iteration 0 would overwrite them: move '
+                    'them away to start afresh, or resume from another file '
+                    'with --resume-from')
+            print_log(f'No checkpoint in {cfg.work_dir} to resume from: '
+                      'training starts at iteration 0', 'current')
+        return super().from_cfg(cfg)
 
     def wrap_model(self, model_wrapper_cfg: Optional[Dict],
                    model: nn.Module) -> nn.Module:
-        """mmengine's wrapping; in CPU process groups (gloo), where torch's
-        SyncBatchNorm cannot run, SyncBN layers become BN first (mmengine
-        0.10.7 reverts them only without a process group)."""
+        """mmengine's wrapping; in CPU process groups (gloo) SyncBN layers,
+        which torch runs on GPUs only, become BN first (mmengine 0.10.7
+        reverts them only without a process group), and a DDP wrapper gets
+        no ``device_ids`` (mmengine would give it the GPU ``LOCAL_RANK``)."""
         if self.distributed and get_device() == 'cpu':
             model = revert_sync_batchnorm(model)
+            model_wrapper_cfg = dict(model_wrapper_cfg or dict(
+                broadcast_buffers=False,
+                find_unused_parameters=self.cfg.get('find_unused_parameters',
+                                                    False)))
+            model_wrapper_cfg.setdefault('type', 'MMDistributedDataParallel')
+            if issubclass(MODEL_WRAPPERS.get(model_wrapper_cfg['type']),
+                          DistributedDataParallel):
+                model_wrapper_cfg['device_ids'] = None
         return super().wrap_model(model_wrapper_cfg, model)
-
-    def save_checkpoint(self, *args, **kwargs) -> None:
-        """mmengine's, recording the training batch in the message hub
-        (which checkpoints hold) so that a resumed run can say whether it
-        differs."""
-        self.message_hub.update_info('train_batch', self._train_batch())
-        super().save_checkpoint(*args, **kwargs)
 
     def resume(self, filename: str, resume_optimizer: bool = True,
                resume_param_scheduler: bool = True,
                map_location='default') -> None:
-        """mmengine's resume; where the config's learning rate, batch or
-        ``max_iters`` differ from the checkpoint's, the log says so and
-        which wins. The config's learning rate wins: the resumed schedule
-        is scaled to it (``--resume --cfg-options
+        """mmengine's resume, but the config's learning rate wins: where it
+        differs from the checkpoint's, the resumed schedule is scaled to it
+        and the log says so (``--resume --cfg-options
         optim_wrapper.optimizer.lr=X`` lowers it)."""
         configured = _initial_lrs(self.optim_wrapper)
         self.resuming = True  # load_checkpoint refuses weights-only files
@@ -201,42 +205,13 @@ class RegProxyRunner(Runner):
                            map_location)
         finally:
             self.resuming = False
-        for note in self._settings_that_differ(configured):
-            self.logger.warning(f'resuming {filename}: {note}')
-
-    def _settings_that_differ(self, configured: List[float]) -> List[str]:
-        notes = []
         resumed = _initial_lrs(self.optim_wrapper)
-        if configured and resumed and not all(
-                math.isclose(c, r, rel_tol=1e-9)
-                for c, r in zip(configured, resumed)):
-            self._scale_lrs([c / r if r else 1.
-                             for c, r in zip(configured, resumed)])
-            notes.append(
-                f'lr {max(resumed):g} in the checkpoint, {max(configured):g} '
-                "in the config: the config's wins (the resumed schedule is "
-                'scaled to it)')
-        # the message hub holds the checkpoint's values until training starts
-        batch = self.message_hub.get_info('train_batch')
-        now = self._train_batch()
-        if batch and batch != now:
-            notes.append(
-                f'batch {batch["world_size"]} x {batch["batch_size"]} in '
-                f'the checkpoint, {now["world_size"]} x '
-                f'{now["batch_size"]} now: the config\'s wins')
-        max_iters = self.message_hub.get_info('max_iters')
-        if max_iters is not None and max_iters != self.max_iters:
-            notes.append(
-                f'max_iters {max_iters} in the checkpoint, {self.max_iters} '
-                "in the config: the config's wins for the loop; the "
-                'parameter schedulers keep their resumed begin/end')
-        return notes
-
-    def _scale_lrs(self, ratios: List[float]) -> None:
-        """Scale the optimizer's learning rates and the schedulers' base
-        values group by group."""
-        groups = self.optim_wrapper.optimizer.param_groups
-        for group, ratio in zip(groups, ratios):
+        if all(math.isclose(c, r, rel_tol=1e-9)
+               for c, r in zip(configured, resumed)):
+            return
+        ratios = [c / r if r else 1. for c, r in zip(configured, resumed)]
+        for group, ratio in zip(self.optim_wrapper.optimizer.param_groups,
+                                ratios):
             for key in ('lr', 'initial_lr'):
                 if key in group:
                     group[key] *= ratio
@@ -244,43 +219,18 @@ class RegProxyRunner(Runner):
         if isinstance(schedulers, dict):
             schedulers = [s for group in schedulers.values() for s in group]
         for scheduler in schedulers:
-            if getattr(scheduler, 'param_name', None) != 'lr':
-                continue
-            scheduler.base_values = [
-                v * r for v, r in zip(scheduler.base_values, ratios)]
+            if scheduler.param_name == 'lr':
+                scheduler.base_values = [
+                    v * r for v, r in zip(scheduler.base_values, ratios)]
+        self.logger.warning(
+            f'resuming {filename}: lr {max(resumed):g} in the checkpoint, '
+            f"{max(configured):g} in the config: the config's wins (the "
+            'resumed schedule is scaled to it)')
 
-    def load_or_resume(self) -> None:
-        """mmengine's, except for resuming without ``load_from``: the newest
-        readable checkpoint of the work dir (see the class docs)."""
-        # mmengine 0.10.7's Runner keeps these settings private.
-        if self._has_loaded or not (self._resume and self._load_from is None):
-            return super().load_or_resume()
-        candidates = find_resumable_checkpoints(self.work_dir)
-        if not candidates:
-            self.logger.info(f'No checkpoint in {self.work_dir} to resume '
-                             'from: training starts at iteration 0')
-            return None
-        for path in candidates:
-            try:
-                self.resume(path)
-            except CheckpointError as error:
-                if 'cannot read' not in str(error):
-                    raise
-                self.logger.warning(f'Skipped for resuming: {error}')
-                continue
-            self.logger.info(f'Resumed from the newest readable checkpoint '
-                             f'{path}')
-            return None
-        raise CheckpointError(
-            f'--resume: none of the checkpoints in {self.work_dir} can be '
-            f'read ({", ".join(osp.basename(p) for p in candidates)}). '
-            'Training from iteration 0 would overwrite them: move them away '
-            'to start afresh, or resume from another file with --resume-from')
-
-    def _with_trust(self, method: Callable, *args, **kwargs):
+    def _with_trust(self, method: Callable):
         with trusted_checkpoints(self.trust_checkpoint), \
                 non_finite_weights_allowed(self.allow_non_finite_weights):
-            return method(*args, **kwargs)
+            return method()
 
     def train(self):
         """mmengine's training, holding the work dir (:class:`WorkDirLock`,

@@ -35,16 +35,14 @@ def _plain(value: Any) -> Any:
 
 @HOOKS.register_module()
 class WeightsOnlyCheckpointHook(Hook):
-    """Write checkpoints that load with ``torch.load(weights_only=True)``
-    alone, with no allow-list.
+    """Write checkpoints that ``torch.load(weights_only=True)`` reads with
+    no allow-list, so mmseg's ``init_model`` and other tools read them.
 
     mmengine's checkpoints hold its message hub's ``HistoryBuffer`` objects
-    and numpy values, which torch's safe loader refuses; so mmseg's
-    ``init_model``, ``MMSegInferencer`` and other tools could not read a
-    training checkpoint without unpickling code-capable globals. Before a
-    checkpoint is saved this hook turns them into tensors and numbers
-    (the lowest priority: after every other hook has added its part); after
-    one is loaded it rebuilds the HistoryBuffers, so resuming is unchanged.
+    and numpy values, which torch's safe loader refuses. Before a checkpoint
+    is saved (lowest priority: after every other hook added its part) they
+    become tensors and numbers; after one is loaded the HistoryBuffers are
+    rebuilt, so resuming is unchanged.
     """
 
     priority = 'LOWEST'

@@ -2,9 +2,10 @@ import logging
 import os
 import os.path as osp
 import socket
-from typing import Optional, Tuple
 
 from mmengine.logging import print_log
+
+from .atomic_local_backend import is_running
 
 __all__ = ['WorkDirLock', 'WorkDirBusyError']
 
@@ -12,28 +13,18 @@ LOCK_NAME = '.train.lock'
 
 
 class WorkDirBusyError(RuntimeError):
-    """Another live run trains into the work dir."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    """Another live run uses the folder."""
 
 
 class WorkDirLock:
     """One run per folder at a time (training: the work dir; testing: the
     ``--out`` folder).
 
-    The lock is a file in the work dir naming the holder's host and process
-    id, created atomically (``O_EXCL``). A second run stops with the holder's
-    name; a lock left by a dead process of this host is taken over with a
-    warning. A lock of another host cannot be checked and is refused (the
-    message says how to remove it when that run is gone).
+    The lock is a file in the folder naming the holder's host and process
+    id, created atomically (``O_EXCL``). A second run stops with the
+    holder's name; a lock left by a dead process of this host (a killed
+    run) is taken over with a warning. A lock of another host cannot be
+    checked and is refused (the message says how to remove it).
 
     Args:
         work_dir (str): the folder to lock.
@@ -50,48 +41,42 @@ class WorkDirLock:
         self.what = what
         self.option = option
 
-    def _holder(self) -> Optional[Tuple[str, int]]:
+    def _holder(self) -> str:
         try:
             with open(self.path) as f:
-                host, pid = f.read().split()
-            return host, int(pid)
-        except (FileNotFoundError, ValueError):
-            return None
+                return f.read()
+        except FileNotFoundError:
+            return ''
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`WorkDirBusyError`."""
         os.makedirs(osp.dirname(self.path), exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is None:  # being written, or garbage
-                    raise WorkDirBusyError(
-                        f'{self.path} exists but names no run; if no '
-                        'training uses this work dir, delete the file')
-                host, pid = holder
-                if host != socket.gethostname() or _alive(pid):
-                    raise WorkDirBusyError(
-                        f'{osp.dirname(self.path)} is in use by a run on '
-                        f'host {host}, process {pid} ({self.path}): two '
-                        f"runs would overwrite each other's {self.what}. "
-                        f'Use another {self.option}, or, if that run is '
-                        f'gone, delete {self.path}')
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = self._holder().partition(' ')
+            if not pid.isdigit():  # being written, or garbage
+                raise WorkDirBusyError(
+                    f'{self.path} exists but names no run; if no run uses '
+                    'this folder, delete the file')
+            if host == socket.gethostname() and not is_running(int(pid)):
                 print_log(
                     f'{self.path} was left by process {pid}, which has '
-                    'ended: taking the work dir over', 'current',
+                    'ended: taking the folder over', 'current',
                     level=logging.WARNING)
                 os.unlink(self.path)
-                continue
-            with os.fdopen(fd, 'w') as f:
-                f.write(self.owner)
-            return
-        raise WorkDirBusyError(f'could not take {self.path}')
+                return self.acquire()
+            raise WorkDirBusyError(
+                f'{osp.dirname(self.path)} is in use by a run on host '
+                f'{host}, process {pid} ({self.path}): two runs would '
+                f"overwrite each other's {self.what}. Use another "
+                f'{self.option}, or, if that run is gone, delete {self.path}')
+        with os.fdopen(fd, 'w') as f:
+            f.write(self.owner)
 
     def release(self) -> None:
         """Remove the lock if this process still holds it."""
-        if self._holder() == (socket.gethostname(), os.getpid()):
+        if self._holder() == self.owner:
             os.unlink(self.path)
 
     def __enter__(self) -> 'WorkDirLock':

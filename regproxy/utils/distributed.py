@@ -1,19 +1,15 @@
 """Process set-up for the launchers: one process, torchrun/
-``torch.distributed.launch``, slurm or mpi, on GPUs (NCCL) or on the CPU
-(gloo)."""
+``torch.distributed.launch``, slurm or mpi, on GPUs (NCCL, started by
+mmengine's runner) or on the CPU (gloo, started here)."""
 import datetime
 import gc
 import os
 import subprocess
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
-from mmseg.registry import MODEL_WRAPPERS
-from torch.nn.parallel import DistributedDataParallel
-
-from .config_keys import registered
 
 __all__ = [
     'LAUNCHERS', 'end_process_group', 'launcher_world_size', 'setup_launcher'
@@ -64,63 +60,24 @@ def end_process_group() -> None:
 
 
 def setup_launcher(cfg: Config, launcher: str) -> List[str]:
-    """Adapt the config to the launcher; start the process group on the CPU.
-
-    On distributed CUDA runs, mmengine's runner starts NCCL and wraps the
-    model as usual, and in one process it reverts SyncBN to BN itself.
-    Distributed without CUDA, the processes talk over gloo: the process
-    group is started here (mmengine's start-up selects a CUDA device) and
-    DDP gets no ``device_ids``; ``RegProxyRunner.wrap_model`` turns SyncBN,
-    which torch runs on GPUs only, into BN (statistics per process).
+    """Set the config's launcher; without CUDA, start the gloo process
+    group of a distributed run here, as mmengine 0.10.7's ``init_dist``
+    would but for the CUDA device it selects first
+    (``RegProxyRunner.wrap_model`` then wraps the CPU model).
 
     Args:
-        cfg (Config): config to update in place.
+        cfg (Config): config to update in place; its
+            ``env_cfg.dist_cfg.timeout`` (seconds) is the group's.
         launcher (str): one of :data:`LAUNCHERS`.
 
     Returns:
-        list[str]: what was changed, to log once the runner's logger exists.
+        list[str]: what was done, to log once the runner's logger exists.
     """
     cfg.launcher = launcher
-    if launcher == 'none' or torch.cuda.is_available():
+    if launcher == 'none' or torch.cuda.is_available() or (
+            dist.is_initialized()):
         return []
-    env_cfg = cfg.get('env_cfg') or {}
-    dist_cfg = dict(env_cfg.get('dist_cfg') or {}, backend='gloo')
-    cfg.env_cfg = dict(env_cfg, dist_cfg=dist_cfg)
-    _use_cpu_ddp(cfg)
-    _init_cpu_process_group(launcher, dist_cfg.get('timeout'))
-    notes = ['No CUDA device: distributed run on the CPU with gloo '
-             f'(world size {dist.get_world_size()}).']
-    return notes
-
-
-def _use_cpu_ddp(cfg: Config) -> None:
-    """Let a DDP model wrapper hold a CPU model (no ``device_ids``)."""
-    wrapper = cfg.get('model_wrapper_cfg')
-    if wrapper is None:
-        # The wrapper mmengine's runner builds when the config names none.
-        wrapper = dict(
-            type='MMDistributedDataParallel',
-            broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False))
-    if issubclass(registered(wrapper['type'], MODEL_WRAPPERS),
-                  DistributedDataParallel):
-        # The runner fills device_ids=[LOCAL_RANK] only when it is absent.
-        wrapper['device_ids'] = None
-    cfg.model_wrapper_cfg = wrapper
-
-
-def _init_cpu_process_group(launcher: str,
-                            timeout: Optional[float] = None) -> None:
-    """Start the gloo process group from the launcher's environment.
-
-    Args:
-        launcher (str): 'pytorch' (torchrun or torch.distributed.launch set
-            RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), 'slurm' or 'mpi'.
-        timeout (float, optional): seconds, as ``env_cfg.dist_cfg.timeout``.
-    """
-    if dist.is_initialized():
-        return
-    if launcher != 'pytorch':
+    if launcher != 'pytorch':  # torchrun sets these and MASTER_ADDR/PORT
         rank, world_size, local_rank = (
             os.environ[k] for k in _RANK_ENV[launcher])
         os.environ.update(
@@ -130,7 +87,11 @@ def _init_cpu_process_group(launcher: str,
             nodes = os.environ['SLURM_NODELIST']
             os.environ['MASTER_ADDR'] = subprocess.getoutput(
                 f'scontrol show hostname {nodes} | head -n1')
+    timeout = ((cfg.get('env_cfg') or {}).get('dist_cfg') or {}).get(
+        'timeout')
     kwargs = {}
     if timeout is not None:
         kwargs['timeout'] = datetime.timedelta(seconds=timeout)
     dist.init_process_group(backend='gloo', **kwargs)
+    return ['No CUDA device: distributed run on the CPU with gloo '
+            f'(world size {dist.get_world_size()}).']

@@ -1,14 +1,5 @@
-"""The total batch of a training run, against the recipe's.
-
-The published recipes train on 8 GPUs x 2 images; each config records that
-total as ``auto_scale_lr.base_batch_size`` (mmengine's key). On fewer
-processes the total shrinks unless one of two remedies is taken:
-
-- gradient accumulation (``optim_wrapper.accumulative_counts``, run by
-  :class:`~regproxy.engine.AccumulatingTrainLoop` so that every count is in
-  optimizer steps), which keeps the recipe;
-- mmengine's linear learning-rate scaling (``auto_scale_lr.enable``).
-"""
+"""The total batch of a training run, against the recipe's
+(docs/fewer_gpus.md)."""
 from typing import List, Optional, Tuple, Union
 
 from mmengine.config import Config
@@ -22,12 +13,14 @@ def plan_total_batch(cfg: Config, processes: int,
                      accumulate: Optional[Union[int, str]],
                      auto_scale_lr: bool) -> Tuple[List[str], List[str]]:
     """Apply ``--accumulate`` and ``--auto-scale-lr`` to the config and
-    describe the total batch.
+    describe the total batch against the recipe's
+    (``auto_scale_lr.base_batch_size``, mmengine's key).
 
     Args:
         cfg (Config): config to update in place: the optimizer wrapper's
-            ``accumulative_counts``, the train loop (accumulation counted
-            in optimizer steps) and ``auto_scale_lr``.
+            ``accumulative_counts``, the train loop
+            (:class:`~regproxy.engine.AccumulatingTrainLoop`, which counts
+            optimizer steps) and ``auto_scale_lr``.
         processes (int): number of training processes.
         accumulate (int | str, optional): micro-batches per optimizer step,
             ``'auto'`` for recipe total / actual total, None for the
@@ -46,8 +39,6 @@ def plan_total_batch(cfg: Config, processes: int,
     batch_size = cfg.train_dataloader.batch_size
     recipe = (cfg.get('auto_scale_lr') or {}).get('base_batch_size')
     per_step = processes * batch_size
-    wrapper = cfg.optim_wrapper
-    count = wrapper.get('accumulative_counts', 1)
     if (accumulate == 'auto' or auto_scale_lr) and recipe is None:
         raise ValueError(
             '--accumulate auto and --auto-scale-lr need the recipe total '
@@ -61,23 +52,20 @@ def plan_total_batch(cfg: Config, processes: int,
                 f'{batch_size} = {per_step}. Choose a batch_size that '
                 f'divides it (--cfg-options train_dataloader.batch_size=N), '
                 'or give --accumulate K and --auto-scale-lr for the rest')
-        count = recipe // per_step
-    elif accumulate is not None:
-        count = int(accumulate)
+        accumulate = recipe // per_step
+    count = int(accumulate or cfg.optim_wrapper.get('accumulative_counts', 1))
+    total = per_step * count
+    formula = f'processes x batch_size = {processes} x {batch_size}'
     if count > 1:
         loop = cfg.train_cfg.get('type', 'IterBasedTrainLoop')
         if loop not in _LOOPS:
             raise ValueError(
                 f'gradient accumulation needs an iteration-based train loop '
                 f'(train_cfg.type IterBasedTrainLoop), the config has {loop}')
-        wrapper.accumulative_counts = count
+        cfg.optim_wrapper.accumulative_counts = count
         cfg.train_cfg.type = 'AccumulatingTrainLoop'
-    total = per_step * count
-    if count > 1:
         formula = (f'processes x batch_size x accumulate = {processes} x '
                    f'{batch_size} x {count}')
-    else:
-        formula = f'processes x batch_size = {processes} x {batch_size}'
     notes = [
         f'total batch = {formula} = {total}' +
         (f' (recipe: {recipe})' if recipe else '')
@@ -90,24 +78,20 @@ def plan_total_batch(cfg: Config, processes: int,
     warnings = []
     if auto_scale_lr or (cfg.get('auto_scale_lr') or {}).get('enable'):
         cfg.auto_scale_lr.enable = True
-        if count > 1:
-            # mmengine scales by processes x batch_size / base_batch_size
-            # and does not know about accumulation: the base is divided.
-            cfg.auto_scale_lr.base_batch_size = recipe / count
+        # mmengine scales by processes x batch_size / base_batch_size and
+        # does not know about accumulation: the base is divided.
+        cfg.auto_scale_lr.base_batch_size = recipe / count
         notes.append(f'Learning rate scaled linearly to the total batch: x '
                      f'{total}/{recipe} = {total / recipe:g}.')
     elif recipe and total != recipe:
+        keep = 'K (gradient accumulation over K'
         if recipe % per_step == 0 and recipe > per_step:
-            keep = (f'--accumulate auto (gradient accumulation over '
-                    f'{recipe // per_step} micro-batches, the same schedule '
-                    'in optimizer steps)')
-        else:
-            keep = ('--accumulate K (gradient accumulation over K '
-                    'micro-batches, the same schedule in optimizer steps)')
+            keep = f'auto (gradient accumulation over {recipe // per_step}'
         warnings.append(
             f'total batch {total} differs from the recipe\'s {recipe}: this '
             'run trains with another batch than the published model and may '
-            f'end worse. Keep the recipe with {keep}, or scale the learning '
-            f'rate to the batch with --auto-scale-lr (x {total / recipe:g}, '
-            "mmengine's linear rule).")
+            f'end worse. Keep the recipe with --accumulate {keep} '
+            'micro-batches, the same schedule in optimizer steps), or scale '
+            f'the learning rate to the batch with --auto-scale-lr (x '
+            f"{total / recipe:g}, mmengine's linear rule).")
     return notes, warnings

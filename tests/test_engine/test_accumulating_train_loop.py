@@ -145,14 +145,15 @@ def test_resume_between_steps_matches_uninterrupted(tmp_path):
         assert torch.equal(_weights(resumed)[key], expected), key
 
 
-def test_hooks_see_the_micro_batches_as_one_batch(tmp_path):
+def test_hooks_see_the_micro_batches_of_a_step(tmp_path):
     runner = _runner(tmp_path, 2, 4, max_iters=2)
     seen = []
 
     class Recorder(Hook):
 
         def before_train_iter(self, runner, batch_idx, data_batch=None):
-            seen.append(torch.stack(data_batch['labels']))
+            seen.append(
+                torch.cat([torch.stack(b['labels']) for b in data_batch]))
 
     runner.register_hook(Recorder())
     runner.train()
