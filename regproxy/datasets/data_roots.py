@@ -1,11 +1,9 @@
 """Refuse, before anything is built, to start on dataset folders that do
 not exist (see docs/datasets.md)."""
-import inspect
 import os
 import os.path as osp
 from typing import Iterator, Optional, Sequence
 
-from mmengine import fileio
 from mmengine.config import Config
 from mmseg.registry import DATASETS
 
@@ -88,31 +86,18 @@ def _missing_data(dataset: dict, cls: Optional[type]) -> Optional[str]:
                           '--format-only --out DIR` reads no labels'
                           if path == seg_dir else '')
             return f"'{path}' does not exist{where}{unlabelled}"
-    img_suffix = dataset.get('img_suffix', _default_arg(cls, 'img_suffix'))
-    if not ann_file and img_suffix and '://' not in img_dir:
-        if not _contains_file(img_dir, img_suffix):
-            return (f"'{img_dir}' holds no '*{img_suffix}' image (other "
-                    'suffixes: set the dataset\'s img_suffix)')
-    suffix = dataset.get('seg_map_suffix', _default_arg(cls, 'seg_map_suffix'))
-    if seg_dir and suffix and '://' not in seg_dir:
-        if not _contains_file(seg_dir, suffix):
-            return f"'{seg_dir}' holds no '*{suffix}' label map"
+    if cls is None or '://' in img_dir:
+        return None
+    # mmseg's own file listing, without pipeline or serialisation
+    built = DATASETS.build(dict(dataset, pipeline=[], lazy_init=True))
+    listed = built.load_data_list()
+    if not listed:
+        return (f"'{ann_file or img_dir}' holds no "
+                f"'*{getattr(built, 'img_suffix', '')}' image (other "
+                "suffixes: set the dataset's img_suffix)")
+    seg_map = listed[0].get('seg_map_path')
+    if seg_dir and seg_map and not osp.exists(seg_map):
+        return (f"'{seg_map}', the label map of '{listed[0]['img_path']}', "
+                "does not exist (other suffixes: set the dataset's "
+                'seg_map_suffix)')
     return None
-
-
-def _default_arg(cls: Optional[type], name: str):
-    """Default of argument ``name`` of ``cls.__init__``, or None."""
-    if cls is None:
-        return None
-    param = inspect.signature(cls.__init__).parameters.get(name)
-    if param is None or param.default is param.empty:
-        return None
-    return param.default
-
-
-def _contains_file(folder: str, suffix: str) -> bool:
-    """Whether mmseg's listing of ``folder`` (recursive, as
-    ``BaseSegDataset.load_data_list``) finds a file ending in ``suffix``."""
-    files = fileio.list_dir_or_file(
-        folder, list_dir=False, suffix=suffix, recursive=True)
-    return next(files, None) is not None

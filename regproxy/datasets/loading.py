@@ -67,10 +67,8 @@ def is_truncated(data: bytes) -> bool:
     decoder."""
     if data.startswith(_JPEG_START):
         complete = data.rstrip(b'\x00\r\n ').endswith(_JPEG_END)
-    elif data.startswith(_PNG_START):
-        complete = data[-64:].find(_PNG_END) >= 0
-    else:
-        return False
+    else:  # a PNG, or another format: left to its decoder
+        complete = not data.startswith(_PNG_START) or _PNG_END in data[-64:]
     if complete:
         return False
     try:
@@ -98,10 +96,14 @@ def to_class_ids(labels: np.ndarray,
     return ids
 
 
-def _unreadable(kind: str, path: str, error: Exception, skip: bool) -> None:
+def _unreadable(kind: str, path: str, error: Optional[Exception],
+                skip: bool) -> None:
     """Raise an error naming ``path`` or, when ``skip``, warn and return
-    None, which makes mmengine's dataset draw another sample."""
-    message = f'cannot read {kind} {path}: {type(error).__name__}: {error}'
+    None, which makes mmengine's dataset draw another sample. ``error`` is
+    None where the decoder returned nothing."""
+    cause = ('not a decodable image' if error is None else
+             f'{type(error).__name__}: {error}')
+    message = f'cannot read {kind} {path}: {cause}'
     if not skip:
         raise OSError(message) from error
     print_log(f'{message}; skipped (skip_unreadable=True)', 'current',
@@ -135,10 +137,10 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
                 data,
                 flag=unturned_flag(self.color_type, self.imdecode_backend),
                 backend=self.imdecode_backend)
-            if img is None:
-                raise OSError('not a decodable image')
         except Exception as error:  # any decoder, any file backend
             return _unreadable('image', path, error, self.skip_unreadable)
+        if img is None:
+            return _unreadable('image', path, None, self.skip_unreadable)
         if self.to_float32:
             img = img.astype(np.float32)
         results.update(img=img, img_shape=img.shape[:2],
@@ -185,10 +187,10 @@ class CheckedLoadAnnotations(LoadAnnotations):
                 fileio.get(path, backend_args=self.backend_args),
                 flag='unchanged',
                 backend=self.imdecode_backend)
-            if labels is None:
-                raise OSError('not a decodable image')
         except Exception as error:
             return _unreadable('label map', path, error, self.skip_unreadable)
+        if labels is None:
+            return _unreadable('label map', path, None, self.skip_unreadable)
         image_shape = results.get('ori_shape')
         if image_shape is not None and tuple(labels.shape[:2]) != tuple(
                 image_shape):
@@ -216,17 +218,15 @@ class CheckedLoadAnnotations(LoadAnnotations):
             raise ValueError(
                 f'label map {path} is {labels.dtype} of shape {raw_shape}; '
                 'expected one channel of integer class ids')
+        # The dataset's: mmseg deprecates the transform's reduce_zero_label.
         reduce_zero_label = results.get('reduce_zero_label', False)
-        if self.reduce_zero_label not in (None, reduce_zero_label):
-            raise ValueError(
-                f'LoadAnnotations has reduce_zero_label='
-                f'{self.reduce_zero_label} but the dataset has '
-                f'{reduce_zero_label}: set it on the dataset only')
         labels = to_class_ids(labels, reduce_zero_label,
                               results.get('label_map'))
         limit = self.num_classes or 256  # None: what uint8 holds
         bad = ((labels < 0) | (labels >= limit)) & (
             labels != self.ignore_index)
+        expected = (f'in [0, {limit}) or the ignore index {self.ignore_index}'
+                    if self.num_classes else 'in [0, 255] (stored as uint8)')
         if bad.any():
             values = np.unique(labels[bad])
             shown = ', '.join(str(v) for v in values[:8])
@@ -234,9 +234,8 @@ class CheckedLoadAnnotations(LoadAnnotations):
             raise ValueError(
                 f'label map {path} has values {shown}'
                 f'{" ..." if len(values) > 8 else ""}{reduced}; expected '
-                f'in [0, {limit}) or the ignore index {self.ignore_index} '
-                '(stored as uint8). Check num_classes and reduce_zero_label, '
-                'and that labels hold class ids rather than colours')
+                f'{expected}. Check num_classes and reduce_zero_label, and '
+                'that labels hold class ids rather than colours')
         return labels.astype(np.uint8)
 
 

@@ -11,6 +11,7 @@ import tempfile
 from typing import Tuple
 
 import cv2
+import mmcv
 import numpy as np
 from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset
@@ -25,8 +26,8 @@ CLASSES = ('background', 'circle', 'rectangle', 'triangle', 'ellipse', 'star',
 PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25],
            [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]]
 IGNORE_INDEX = 255
-# Raised whenever the generator's images or labels change (see
-# warn_if_outdated).
+# Raised whenever the generator's images or labels change; generator.json
+# records it with the arguments.
 GENERATOR_VERSION = 2
 GENERATOR_FILE = 'generator.json'
 # Where ShapesDataset generates missing data: the base config's data_root.
@@ -290,23 +291,19 @@ def generate_shapes_dataset(root: str,
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(root)}-', dir=parent)
     try:
-        for split_id, num in enumerate((num_train, num_val)):
-            split = SPLITS[split_id]
-            img_dir = osp.join(tmp, 'images', split)
-            ann_dir = osp.join(tmp, 'annotations', split)
-            os.makedirs(img_dir)
-            os.makedirs(ann_dir)
+        for split_id, (split, num) in enumerate(
+                zip(SPLITS, (num_train, num_val))):
             for i in range(num):
                 # One stream per sample: a sample depends on (seed, split,
                 # index) only, not on how many samples come before it.
                 rng = np.random.default_rng([seed, split_id, i])
                 image, label = _render_sample(rng)
-                name = f'shapes_{split}_{i:05d}'
+                name = f'{split}/shapes_{split}_{i:05d}'
                 quality = int(rng.integers(75, 96))
-                cv2.imwrite(
-                    osp.join(img_dir, name + '.jpg'), image,
-                    [cv2.IMWRITE_JPEG_QUALITY, quality])
-                cv2.imwrite(osp.join(ann_dir, name + '.png'), label)
+                # mmcv.imwrite creates the folders
+                mmcv.imwrite(image, f'{tmp}/images/{name}.jpg',
+                             [cv2.IMWRITE_JPEG_QUALITY, quality])
+                mmcv.imwrite(label, f'{tmp}/annotations/{name}.png')
         with open(osp.join(tmp, GENERATOR_FILE), 'w') as f:
             json.dump(dict(version=GENERATOR_VERSION, seed=seed,
                            num_train=num_train, num_val=num_val), f)
@@ -352,22 +349,4 @@ class ShapesDataset(BaseSegDataset):
                 generate_shapes_dataset(root)
             except FileExistsError:
                 pass  # another process finished it in the meantime
-        if root and osp.isdir(root):
-            warn_if_outdated(root)
         return super().load_data_list()
-
-
-def warn_if_outdated(root: str) -> None:
-    """Warn, never delete, when ``root`` was not written by this generator
-    version: the shapes figures were measured on other images."""
-    try:
-        with open(osp.join(root, GENERATOR_FILE)) as f:
-            made_by = f"generator version {json.load(f)['version']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        made_by = f'an older generator (no {GENERATOR_FILE})'
-    if made_by != f'generator version {GENERATOR_VERSION}':
-        print_log(
-            f'ShapesDataset: {root} was made by {made_by}, not by this '
-            f'version ({GENERATOR_VERSION}): its images differ from the ones '
-            "the shapes configs' figures were measured on. Delete the folder "
-            'to regenerate it.', 'current', logging.WARNING)

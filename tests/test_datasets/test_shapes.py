@@ -161,40 +161,7 @@ def test_base_config_root_is_where_data_is_generated():
         assert cfg[loader].dataset.data_root == shapes.DEFAULT_ROOT
 
 
-def _warnings_of_shapes_dataset(root):
-    """Messages logged while ShapesDataset lists ``root``'s validation set,
-    and the number of samples listed."""
-    records = []
-    logger = MMLogger.get_current_instance()
-    logger.addFilter(lambda record: records.append(record.getMessage()))
-    try:
-        dataset = ShapesDataset(
-            data_root=str(root),
-            data_prefix=dict(
-                img_path='images/validation',
-                seg_map_path='annotations/validation'))
-    finally:
-        logger.filters.clear()
-    return [r for r in records if 'ShapesDataset' in r], len(dataset)
-
-
-def test_data_of_another_generator_version_is_read_with_a_warning(
-        tmp_path, small_root):
+def test_generator_file_records_version_and_arguments(small_root):
     with open(osp.join(small_root, shapes.GENERATOR_FILE)) as f:
         assert json.load(f) == dict(
             version=shapes.GENERATOR_VERSION, seed=0, num_train=6, num_val=3)
-    assert _warnings_of_shapes_dataset(small_root) == ([], 3)
-
-    root = tmp_path / 'copy'
-    shutil.copytree(small_root, root)
-    (root / shapes.GENERATOR_FILE).write_text('{"version": 1}')
-    messages, num = _warnings_of_shapes_dataset(root)
-    assert num == 3  # still read
-    assert len(messages) == 1
-    assert f'{root} was made by generator version 1, not by this version ' \
-        f'({shapes.GENERATOR_VERSION})' in messages[0]
-    assert 'Delete the folder to regenerate it' in messages[0]
-
-    (root / shapes.GENERATOR_FILE).unlink()  # made before the file existed
-    messages, _ = _warnings_of_shapes_dataset(root)
-    assert 'made by an older generator (no generator.json)' in messages[0]
