@@ -1,7 +1,7 @@
 import os
 import re
+import secrets
 import stat
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -9,8 +9,8 @@ from mmengine.fileio import LocalBackend, register_backend
 
 __all__ = ['AtomicLocalBackend', 'is_running']
 
-# ``.NAME.PID.XXXXXXXX.tmp``: mkstemp's temporary file of a writer process.
-_TEMP_NAME = re.compile(r'^\..+\.(\d+)\.[a-z0-9_]{8}\.tmp$')
+# ``.NAME.PID.XXXXXXXX.tmp``: the temporary file of a writer process.
+_TEMP_NAME = re.compile(r'^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$')
 
 
 def is_running(pid: int) -> bool:
@@ -33,13 +33,6 @@ def _remove_stale_temp_files(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _new_file_mode() -> int:
-    """Mode that ``open(path, 'w')`` would give a new file (0666 & ~umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend with atomic writes.
 
@@ -47,9 +40,9 @@ class AtomicLocalBackend(LocalBackend):
     place once complete, so a run killed mid-write keeps the previous good
     checkpoint instead of leaving a truncated one under the final name; the
     temporary file of a killed writer (``.NAME.PID.XXXXXXXX.tmp``) is
-    removed when the next write to its folder starts. As a
-    plain write would, it writes through a symbolic link to its target, keeps
-    an existing file's permissions and gives a new file the umask's.
+    removed when the next write to its folder starts. As a plain write
+    would, it writes through a symbolic link to its target, keeps an
+    existing file's permissions and gives a new file the umask's.
 
     Registered under its own name: configs select it for checkpoints with
     ``default_hooks.checkpoint.backend_args = dict(backend='atomic_local')``;
@@ -60,22 +53,21 @@ class AtomicLocalBackend(LocalBackend):
         filepath = Path(os.path.realpath(filepath))
         filepath.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temp_files(filepath.parent)
-        try:
-            mode = stat.S_IMODE(filepath.stat().st_mode)
-        except FileNotFoundError:
-            mode = _new_file_mode()
-        fd, tmp = tempfile.mkstemp(
-            dir=filepath.parent, prefix=f'.{filepath.name}.{os.getpid()}.',
-            suffix='.tmp')
+        tmp = filepath.with_name(
+            f'.{filepath.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
+        # created as open(path, 'w') would create it: 0666 & ~umask
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, 'wb') as f:
                 f.write(obj)
                 f.flush()
-                os.fchmod(f.fileno(), mode)
+                if filepath.exists():
+                    os.fchmod(f.fileno(),
+                              stat.S_IMODE(filepath.stat().st_mode))
                 os.fsync(f.fileno())
             os.replace(tmp, filepath)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     def put_text(self,
