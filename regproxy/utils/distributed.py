@@ -45,15 +45,10 @@ def launcher_world_size(launcher: str) -> int:
 
 
 def end_process_group() -> None:
-    """Destroy the default process group, if any, before the interpreter
-    exits.
-
-    Call it once the runner is gone: its distributed model wrapper holds the
-    group. A group still alive at exit keeps gloo's worker threads running
-    while Python finalizes, and a worker that then releases the tensors of
-    the last collective needs the GIL and aborts the process ("terminate
-    called without an active exception") after all its work is done.
-    """
+    """Destroy the default process group, if any, once the runner is gone
+    (its model wrapper holds the group): gloo's worker threads, left running
+    while Python finalizes, abort the process ("terminate called without an
+    active exception") after all its work is done."""
     if dist.is_available() and dist.is_initialized():
         gc.collect()  # the runner, its hooks and its model hold each other
         dist.destroy_process_group()

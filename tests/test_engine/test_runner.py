@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
@@ -96,3 +97,21 @@ def test_resume_from_a_weights_only_checkpoint_says_load_from(tmp_path):
         f'cannot resume from {path}: it holds weights but no training state '
         '(an mmseg 0.x or converted checkpoint); use --load-from to start '
         'training from its weights')
+
+
+def test_resume_takes_the_newest_readable_checkpoint_and_its_seed(tmp_path):
+    work = tmp_path / 'work'
+    work.mkdir()
+    torch.save({'state_dict': tiny_segmentor().state_dict(),
+                'meta': {'seed': 7}}, work / 'iter_2.pth')
+    (work / 'iter_4.pth').write_bytes(b'truncated')
+    cfg = Config(dict(model=tiny_segmentor_cfg(), work_dir=str(work),
+                      resume=True, default_scope='mmseg',
+                      experiment_name='newest_readable'))
+    runner = RegProxyRunner.from_cfg(cfg)
+    assert runner.cfg.load_from == str(work / 'iter_2.pth')
+    assert runner.seed == 7
+    (work / 'iter_2.pth').write_bytes(b'truncated')
+    with pytest.raises(CheckpointError, match='none of the checkpoints in '
+                       r'.*work can be read \(iter_4.pth, iter_2.pth\)'):
+        RegProxyRunner.from_cfg(cfg)
