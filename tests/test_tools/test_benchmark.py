@@ -25,7 +25,7 @@ def test_straightforward_cfg_uses_mmseg_vit_and_unfold_head(tiny):
     assert cfg['decode_head']['fused_loss'] is False
     assert model_cfg['backbone']['type'] == 'RegionProxyViT'  # not mutated
     for bad in (dict(deit=True), dict(embed_type='vit_small_r26_s32_384'),
-                dict(mlp_ratio=4.5)):
+                dict(out_indices=(-1, 1)), dict(mlp_ratio=4.5)):
         broken = dict(model_cfg, backbone=dict(model_cfg['backbone'], **bad))
         with pytest.raises(ValueError):
             benchmark.straightforward_cfg(broken)
@@ -137,7 +137,8 @@ def test_steps_alternate_and_are_all_timed():
 
 def test_benchmark_stops_on_non_finite_logits(tiny, monkeypatch):
     """A NaN weight of ours (copied into the straightforward path) gives NaN
-    logits and a NaN difference: the benchmark stops, naming the config and the weights."""
+    logits and a NaN difference: the benchmark stops, naming the config and
+    the weights."""
     build_model = benchmark.build_model
 
     def with_nan(cfg, path, device):

@@ -75,6 +75,10 @@ def straightforward_cfg(model_cfg: dict) -> dict:
                          'for timm, DeiT or hybrid ones')
     if backbone['mlp_ratio'] % 1:  # mmseg's MLP width is mlp_ratio * C
         raise ValueError('mmseg VisionTransformer needs an integer mlp_ratio')
+    indices = backbone['out_indices']
+    if -1 in (indices if isinstance(indices, Sequence) else (indices, )):
+        raise ValueError('mmseg VisionTransformer reads out_indices=-1 as '
+                         'the last layer, not the embedding')
     accepted = _defaults(VisionTransformer)
     cfg['backbone'] = {k: v for k, v in backbone.items() if k in accepted}
     # Both patch embeddings are bias-free (mmseg's patch_bias=False).
@@ -93,16 +97,15 @@ def segmenter_cfg(model_cfg: dict) -> dict:
     ``VisionTransformer`` (width, depth, patch, image size) and a 2-layer
     ``SegmenterMaskTransformerHead`` of the same width on its last layer."""
     cfg = straightforward_cfg(model_cfg)
-    backbone = cfg['backbone']
+    backbone, head = cfg['backbone'], cfg['decode_head']
     backbone['out_indices'] = backbone['num_layers'] - 1
     width = backbone['embed_dims']
     cfg['type'] = 'mmseg.EncoderDecoder'
     cfg['decode_head'] = dict(
         type='mmseg.SegmenterMaskTransformerHead', in_channels=width,
         channels=width, embed_dims=width, num_heads=backbone['num_heads'],
-        num_layers=2, dropout_ratio=0.0,
-        num_classes=cfg['decode_head']['num_classes'],
-        loss_decode=cfg['decode_head']['loss_decode'])
+        num_layers=2, dropout_ratio=0.0, num_classes=head['num_classes'],
+        loss_decode=head['loss_decode'])
     return cfg
 
 
@@ -214,13 +217,11 @@ def peak_memory(step: Step, steps: int, device: torch.device) -> int:
     """Peak bytes above the current use during ``steps`` calls of ``step``:
     CUDA's peak allocated tensor bytes, or the CPU's peak resident set size
     (in :func:`worker_peak`'s process; how: docs/speed.md)."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+    if device.type == 'cuda':  # the allocator counts as kernels are queued
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         for _ in range(steps):
             step()
-        torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # resets VmHWM to the current RSS
@@ -359,8 +360,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help='images per inference forward')
     parser.add_argument('--train-batch', type=int, default=2,
                         help='images per training step (the recipe: 2)')
-    parser.add_argument('--iters', type=int, default=20,
-                        help='timed calls per path')
+    parser.add_argument('--iters', type=int, default=20, help='timed calls')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--dtypes', nargs='+', choices=list(DTYPES),
                         default=['float32', 'bfloat16'])
@@ -401,9 +401,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.worker:
         run_worker(args, cfg)
         return
-    device = torch.device(args.device)
-    print(machine(device))
-    if device.type == 'cpu' and args.compile:
+    print(machine(torch.device(args.device)))
+    if args.device == 'cpu' and args.compile:
         print(f'note: {repo_script("test.py")["CPU_COMPILE_NOTE"]}')
     print(f'{os.path.basename(args.config)}, batch {args.batch} (training: '
           f'batch {args.train_batch})')
