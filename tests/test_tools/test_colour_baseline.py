@@ -1,6 +1,5 @@
 """tools/analysis/colour_baseline.py: a per-pixel colour lookup scores high
 where colour gives the class away, and low on the shapes dataset."""
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 
 from regproxy.datasets import generate_shapes_dataset
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPES_CONFIG = (
@@ -26,10 +26,7 @@ train_dataloader = dict(dataset=dataset)
 val_dataloader = dict(dataset=dataset)
 """
 
-_spec = importlib.util.spec_from_file_location(
-    'colour_baseline', REPO / 'tools' / 'analysis' / 'colour_baseline.py')
-colour_baseline = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(colour_baseline)
+colour_baseline = load_script('tools/analysis/colour_baseline.py')
 
 
 def test_colour_index_quantises_each_channel():
@@ -92,6 +89,22 @@ def test_shapes_colours_do_not_give_the_class_away(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('levels', ['0', '257'])
-def test_levels_out_of_range_are_refused(levels):
-    with pytest.raises(SystemExit):
-        colour_baseline.parse_args(['c.py', '--levels', levels])
+def test_levels_out_of_range_are_refused(levels, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        colour_baseline.main(['c.py', '--levels', levels])
+    assert exit_info.value.code == 2
+    assert (f'error: --levels must be in [1, 256], got {levels}'
+            in capsys.readouterr().err)
+
+
+def test_a_config_without_validation_set_is_named(tmp_path):
+    config = tmp_path / 'train_only.py'
+    config.write_text(LEAKY_CONFIG.format(root=tmp_path).replace(
+        'val_dataloader = dict(dataset=dataset)', ''))
+    (tmp_path / 'img').mkdir()
+    (tmp_path / 'ann').mkdir()
+    cv2.imwrite(str(tmp_path / 'img' / '0.png'), np.zeros((4, 4, 3)))
+    cv2.imwrite(str(tmp_path / 'ann' / '0.png'), np.zeros((4, 4)))
+    with pytest.raises(SystemExit) as exit_info:
+        colour_baseline.main([str(config)])
+    assert str(exit_info.value) == 'error: the config has no val_dataloader'
