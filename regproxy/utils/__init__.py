@@ -1,6 +1,6 @@
 from .cli import (DTYPES, add_common_args, add_shape_arg,
                   add_trust_checkpoint_arg, build_runner, fail, load_config,
-                  parse_with_paths, set_work_dir)
+                  load_script_config, parse_with_paths, positive_int)
 from .config_keys import registered
 from .distributed import (LAUNCHERS, end_process_group, launcher_world_size,
                           setup_launcher)
@@ -10,7 +10,7 @@ from .total_batch import plan_total_batch
 __all__ = [
     'DTYPES', 'LAUNCHERS', 'add_common_args', 'add_shape_arg',
     'add_trust_checkpoint_arg', 'build_runner', 'end_process_group', 'fail',
-    'launcher_world_size', 'load_config', 'parse_with_paths',
-    'plan_total_batch', 'registered', 'set_work_dir', 'setup_launcher',
-    'standalone_model_cfg'
+    'launcher_world_size', 'load_config', 'load_script_config',
+    'parse_with_paths', 'plan_total_batch', 'positive_int', 'registered',
+    'setup_launcher', 'standalone_model_cfg'
 ]

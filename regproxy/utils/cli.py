@@ -1,42 +1,26 @@
-"""Command-line pieces shared by ``train.py``, ``test.py`` and the tools.
-
-Call flow of ``train.py``/``test.py``::
-
-    parse args -> load_config() -> script-specific edits
-        -> check_data_roots() -> setup_launcher() -> build_runner()
-        -> runner.train() / runner.test()
-"""
+"""Command-line pieces shared by ``train.py``, ``test.py`` and the tools:
+mmseg's flags on mmengine's ``DictAction``, ``Config`` and ``Runner``."""
 import argparse
-import ast
+import os
 import os.path as osp
 import re
 import sys
-from typing import Any, List, NoReturn, Optional, Sequence
+from typing import Any, List, NoReturn, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmengine.utils import import_modules_from_strings
 from mmseg.registry import RUNNERS
 
-from .config_keys import (ConfigKeyError, check_config_keys,
-                          check_override_keys, check_types,
+from .config_keys import (ConfigKeyError, check_override_keys,
                           translate_legacy_keys)
 from .distributed import LAUNCHERS
 
-__all__ = [
-    'DTYPES', 'fail', 'add_trust_checkpoint_arg', 'add_shape_arg',
-    'CfgOptionsAction', 'add_common_args', 'parse_with_paths', 'load_config',
-    'set_work_dir', 'build_runner'
-]
-
 # Precisions the scripts accept (``--dtype``), by name.
-DTYPES = {
-    'float32': torch.float32,
-    'bfloat16': torch.bfloat16,
-    'float16': torch.float16,
-}
+DTYPES = dict(
+    float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)
+
 
 def fail(message: str) -> NoReturn:
     """End a script with ``error: message`` on stderr and exit status 1."""
@@ -53,41 +37,30 @@ def add_trust_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
         'source you trust (sets trust_checkpoint=True in the config)')
 
 
-class _PositiveShape(argparse.Action):
-    """Store ``H W``; refuse a side below 1."""
+def positive_int(value: str) -> int:
+    """An argparse type: an integer >= 1."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(
+            f'expected a positive integer, got {value!r}')
+    return int(value)
 
-    def __call__(self, parser, namespace, values, option_string=None):
-        if min(values) < 1:
-            parser.error(f'{option_string} must be positive, got {values}')
-        setattr(namespace, self.dest, values)
 
-
-def add_shape_arg(
-        parser: argparse.ArgumentParser,
-        help: str = 'input size (default: the crop size of the config)'
-) -> None:
+def add_shape_arg(parser: argparse.ArgumentParser) -> None:
     """Add ``--shape H W`` (positive integers; None when not given)."""
     parser.add_argument(
         '--shape',
-        type=int,
+        type=positive_int,
         nargs=2,
         metavar=('H', 'W'),
-        action=_PositiveShape,
-        help=help)
+        help='input size (default: the crop size of the config)')
 
 
 class CfgOptionsAction(DictAction):
-    """mmengine's ``DictAction`` that keeps strings whole.
-
-    mmengine 0.10.7 deletes every space of a value, so ``data_root=/data/my
-    dir`` would become ``/data/mydir``. Here a value in matching quotes is
-    that string verbatim (``"KEY='a,b'"`` in the shell); a value without
-    commas or brackets is one value, spaces kept; lists parse as in
-    mmengine, and one whose element holds a space, which mmengine would
-    drop, is refused. An empty value (``load_from=``, mostly a shell
-    variable that was not set) and unbalanced brackets are refused too.
-    Bad items are usage errors naming the item, not tracebacks.
-    """
+    """mmengine's ``DictAction`` that keeps strings whole: mmengine 0.10.7
+    deletes every space of a value (``data_root=/data/my dir``). A value in
+    matching quotes is that string verbatim, one without commas or brackets
+    one value; lists parse as in mmengine. Items that mmengine would mangle
+    or fail on with a traceback are usage errors naming the item."""
 
     # DictAction.__call__ parses each value with self._parse_iterable
     # (mmengine 0.10.7): its one hook, no public one.
@@ -125,11 +98,7 @@ class CfgOptionsAction(DictAction):
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Add the options that ``train.py`` and ``test.py`` share.
-
-    Args:
-        parser (argparse.ArgumentParser): parser to extend in place.
-    """
+    """Add the options that ``train.py`` and ``test.py`` share."""
     parser.add_argument(
         '--work-dir',
         help='folder for logs and checkpoints (default: work_dir of the '
@@ -139,12 +108,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         '--options',  # mmseg 0.x's and the original release's spelling
         nargs='+',
         action=CfgOptionsAction,
-        help='override config entries, e.g. '
-        'model.backbone.drop_path_rate=0.2 train_dataloader.batch_size=4; '
-        'a value keeps its spaces ("KEY=/data/my dir"), a comma makes a '
-        'list unless the value is quoted inside ("KEY=\'a,b\'"); an empty '
-        'value is written KEY=None or "KEY=\'\'"; the last setting of a '
-        'key wins')
+        help='override config entries (KEY=VALUE ...): a value keeps its '
+        'spaces, a comma makes a list unless quoted ("KEY=\'a,b\'"); an '
+        'empty value is KEY=None or "KEY=\'\'"; the last setting wins')
     parser.add_argument(
         '--launcher',
         choices=LAUNCHERS,
@@ -164,20 +130,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 def parse_with_paths(parser: argparse.ArgumentParser,
                      argv: Optional[Sequence[str]],
                      **paths: str) -> argparse.Namespace:
-    """Parse a command line whose paths are positionals (mmseg 1.x) or
-    ``--name`` options (the original release), in any mix and order.
-
-    Each path not given as ``--name`` takes the next positional, in the
-    order of ``paths``.
-
-    Args:
-        parser (argparse.ArgumentParser): the other arguments; extended.
-        argv (Sequence[str], optional): arguments; ``sys.argv[1:]`` if None.
-        **paths (str): help text by name, e.g. ``config='config file'``.
-
-    Returns:
-        argparse.Namespace: the options, each path set.
-    """
+    """Parse ``argv`` (``sys.argv[1:]`` if None) with ``parser`` and the
+    ``paths`` (help text by name, e.g. ``config='config file'``) given as
+    positionals (mmseg 1.x) or ``--name`` (the original release), in any
+    mix and order. ``--local_rank`` goes to the environment, where mmengine
+    reads it (as in mmseg's tools)."""
     parser.add_argument(
         'paths',
         nargs='*',
@@ -185,7 +142,6 @@ def parse_with_paths(parser: argparse.ArgumentParser,
         help=', '.join(paths.values()))
     for name, help in paths.items():
         parser.add_argument(f'--{name}', help=f'{help} (or positional)')
-    # intermixed: positionals may also follow options
     args = parser.parse_intermixed_args(argv)
     for name in paths:
         if getattr(args, name) is None:
@@ -196,131 +152,85 @@ def parse_with_paths(parser: argparse.ArgumentParser,
     if args.paths:
         parser.error(f'unexpected extra path(s): {" ".join(args.paths)}')
     del args.paths
+    if 'local_rank' in args:
+        os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
 
 def load_config(path: str,
-                *overrides: Optional[dict],
+                options: Optional[dict] = None,
                 notes: Optional[List[str]] = None) -> Config:
-    """Load a config file, import its ``custom_imports`` and merge
-    command-line overrides into it.
-
-    ``custom_imports`` may be a list of modules or mmengine's
-    ``dict(imports=[...], allow_failed_imports=False)``. A syntax error
-    ends the script naming the file, line and text; keys that nothing
-    would read and types that no registry has end it naming the closest
-    names, and mmseg 0.x keys move to their 1.x places (see
-    :mod:`.config_keys`). A dataloader left
-    without workers gets ``persistent_workers=False``, which torch requires.
+    """Load a config file, import its ``custom_imports`` (a list of
+    modules or mmengine's ``dict(imports=[...])``) and merge command-line
+    overrides, mmseg 0.x keys at their 1.x places; a syntax error or an
+    override that nothing would read ends the script with a message. A
+    dataloader without workers gets ``persistent_workers=False``.
 
     Args:
         path (str): config file.
-        *overrides (dict, optional): ``DictAction`` results, merged in order
-            (a later one wins on the same key); ``None`` entries are skipped.
+        options (dict, optional): a ``DictAction`` result.
         notes (list[str], optional): receives what was changed, to log once
-            the runner's logger exists; None logs it at once.
-
-    Returns:
-        Config: the merged config.
+            the runner's logger exists.
     """
-    changes = []
+    notes = [] if notes is None else notes
     try:
         cfg = Config.fromfile(path, import_custom_modules=False)
-    except SyntaxError as error:
-        fail(_syntax_error(path, error))
-    _import_custom_modules(cfg, path)
-    merged = {}
-    try:
-        check_config_keys(cfg, path)
-        for options in overrides:
-            translated, translations = translate_legacy_keys(
-                cfg, options or {})
-            changes += translations
-            merged.update(translated)
-        check_override_keys(cfg, merged)
-        cfg.merge_from_dict(merged)
-        check_types(cfg)
-    except ConfigKeyError as error:
-        fail(str(error))
-    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        loader = cfg.get(name)
-        if (loader and loader.get('num_workers') == 0
-                and loader.get('persistent_workers')):
-            # torch's DataLoader refuses persistent workers without any
-            loader.persistent_workers = False
-            changes.append(f'{name}.num_workers=0: persistent_workers set '
-                           'to False (there are no workers to keep).')
-    if notes is None:
-        for change in changes:
-            print_log(change, logger='current')
-    else:
-        notes += changes
-    return cfg
-
-
-def _syntax_error(path: str, error: SyntaxError) -> str:
-    """A config's syntax error as ``file, line N: message: text``.
-
-    mmengine 0.10.7 parses config files without their names, so its error
-    says ``"<unknown>"``; the file and its ``_base_`` files (local ones)
-    are parsed again here, with their names.
-    """
-    with open(path, encoding='utf-8') as f:
-        try:
-            tree = ast.parse(f.read(), filename=path)
-        except SyntaxError as found:
-            return (f'{path}, line {found.lineno}: {found.msg}: '
-                    f'{(found.text or "").strip()}')
-    for node in tree.body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and getattr(node.targets[0], 'id', None) == '_base_'):
-            bases = ast.literal_eval(node.value)
-            for base in [bases] if isinstance(bases, str) else bases:
-                base = osp.join(osp.dirname(path), base)
-                if '::' not in base and osp.isfile(base):
-                    message = _syntax_error(base, error)
-                    if message != str(error):
-                        return message
-    return str(error)
-
-
-def _import_custom_modules(cfg: Config, path: str) -> None:
-    """Import the config's ``custom_imports``, as ``Config.fromfile`` does,
-    also when given as a list; the config keeps mmengine's dict form."""
-    imports = cfg.get('custom_imports')
-    if not imports:
-        return
-    if isinstance(imports, (str, list)):
+    except SyntaxError as error:  # mmengine 0.10.7 names no file
+        fail(f'{path} (or one of its _base_ files), line {error.lineno}: '
+             f'{error.msg}: {(error.text or "").strip()}')
+    imports = cfg.get('custom_imports') or dict(imports=[])
+    if isinstance(imports, (str, list)):  # mmengine takes the dict only
         imports = cfg.custom_imports = dict(imports=imports)
     try:
         import_modules_from_strings(**imports)
     except ImportError as error:
         fail(f'{path}: custom_imports {imports["imports"]}: {error} (is the '
              'module on PYTHONPATH?)')
-    except TypeError as error:
-        fail(f'{path}: custom_imports must be a list of module names or '
-             f"dict(imports=[...]), got {imports!r} ({error})")
+    options, translations = translate_legacy_keys(cfg, options or {})
+    notes += translations
+    try:
+        check_override_keys(cfg, options)
+    except ConfigKeyError as error:
+        fail(str(error))
+    cfg.merge_from_dict(options)
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(name)
+        if (loader and loader.get('num_workers') == 0
+                and loader.get('persistent_workers')):
+            # torch's DataLoader refuses persistent workers without any
+            loader.persistent_workers = False
+            notes.append(f'{name}.num_workers=0: persistent_workers set '
+                         'to False (there are no workers to keep).')
+    return cfg
 
 
-def set_work_dir(cfg: Config, work_dir: Optional[str],
-                 config_path: str) -> None:
-    """Set ``cfg.work_dir``: the flag, then the config, then
-    ``work_dirs/<config file stem>``.
-
-    Args:
-        cfg (Config): config to update in place.
-        work_dir (str, optional): ``--work-dir``.
-        config_path (str): config file, whose name is the fallback.
-    """
-    if work_dir is not None:
-        cfg.work_dir = work_dir
+def load_script_config(
+        args: argparse.Namespace) -> Tuple[Config, List[str]]:
+    """:func:`load_config` with the options that ``train.py`` and
+    ``test.py`` share: ``--cfg-options``, ``--work-dir`` (else the
+    config's, else ``work_dirs/<config file stem>``, as in mmseg's tools)
+    and ``--trust-checkpoint``. Returns the config and notes to log."""
+    notes = []
+    cfg = load_config(args.config, args.cfg_options, notes=notes)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(config_path))[0])
+                                osp.splitext(osp.basename(args.config))[0])
+    if args.trust_checkpoint:
+        cfg.trust_checkpoint = True
+    return cfg, notes
 
 
-def build_runner(cfg: Config) -> Runner:
-    """The runner the config names (``runner_type``), else mmengine's."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+def build_runner(cfg: Config,
+                 notes: Sequence[str] = (),
+                 warnings: Sequence[str] = ()) -> Runner:
+    """The runner the config names (``runner_type``), else mmengine's,
+    which logs ``notes`` and ``warnings``."""
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else (
+        Runner.from_cfg(cfg))
+    for note in notes:
+        runner.logger.info(note)
+    for warning in warnings:
+        runner.logger.warning(warning)
+    return runner

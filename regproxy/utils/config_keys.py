@@ -1,15 +1,6 @@
-"""Spell-check of config keys, and mmseg 0.x keys on the command line.
-
-mmengine's ``merge_from_dict`` adds whatever key it is given, so a misspelt
-``--cfg-options`` key (``model.backbone.embed_dim``) or an mmseg 0.x key
-(``data.samples_per_gpu``) is added unread and the run goes on without it.
-:func:`translate_legacy_keys` moves the 0.x keys to their 1.x places;
-:func:`check_override_keys` refuses a key that the config lacks and the
-class built from its dict does not take; :func:`check_config_keys` refuses
-top-level keys of a config file that are near-misses of the runner's
-(``load_form``); :func:`check_types` refuses a ``type`` that no registry
-has. Errors name the closest keys (``difflib``).
-"""
+"""Spell-check of ``--cfg-options`` keys, and their mmseg 0.x spellings:
+mmengine's ``merge_from_dict`` adds whatever key it is given, and a misspelt
+or 0.x key (``data.samples_per_gpu``) would never be read."""
 import difflib
 import inspect
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -18,12 +9,6 @@ from mmengine.config import Config
 from mmengine.registry import Registry
 from mmengine.runner import Runner
 from mmseg import registry as mmseg_registry
-
-__all__ = [
-    'LEGACY_KEYS', 'RUNNER_KEYS', 'ConfigKeyError', 'registered',
-    'check_config_keys', 'check_types', 'translate_legacy_keys',
-    'check_override_keys'
-]
 
 # mmseg 0.x keys that users paste from the original README and old notes,
 # and where mmseg 1.x keeps each (only the places the config has are set).
@@ -44,140 +29,42 @@ LEGACY_KEYS: Dict[str, Tuple[str, ...]] = {
 # Top-level keys that something reads: mmengine's Runner (from_cfg, train),
 # mmseg's tools and this project's runner.
 RUNNER_KEYS: Set[str] = {
-    name
-    for name in inspect.signature(Runner.__init__).parameters
-    if name not in ('self', 'cfg')
-} | {
     'activation_checkpointing', 'compile', 'custom_imports',
     'efficient_conv_bn_eval', 'find_unused_parameters', 'model_wrapper_cfg',
     'runner_type', 'strategy', 'tta_model', 'tta_pipeline', 'trust_checkpoint',
     'load_strict', 'allow_non_finite_weights'
-}
-
-# Variables of mmseg's configs that are spelled nearly like a runner key.
-_CONFIG_VARIABLES = {'test_pipeline', 'models'}
-
-# Top-level dicts that the runner passes to a method, not to a class.
-_RUNNER_METHODS = {'randomness': Runner.set_randomness}
+} | set(inspect.signature(Runner).parameters) - {'cfg'}
 
 # Keys that the builders read beside the arguments of the built class:
 # mmengine's registry, mmcv's build_norm_layer, build_optim_wrapper.
-_BUILDER_KEYS = {
-    'type', '_scope_', '_delete_', 'requires_grad', 'constructor',
-    'paramwise_cfg'
-}
-
-
-def _registries() -> List[Registry]:
-    """mmseg's registries, with their names imported."""
-    registries = [getattr(mmseg_registry, n) for n in mmseg_registry.__all__]
-    for registry in registries:
-        registry.import_from_location()
-    return registries
+BUILDER_KEYS = {'type', '_scope_', '_delete_', 'requires_grad', 'constructor',
+                'paramwise_cfg'}
 
 
 class ConfigKeyError(ValueError):
-    """A config key that nothing reads; the message names the closest."""
+    """A key that nothing reads; the message names the closest."""
 
 
 def registered(type_: Any, registry: Optional[Registry] = None) -> Any:
-    """The class (or function) that a config ``type`` names.
-
-    Args:
-        type_ (str | type): a registered name, or the class itself.
-        registry (Registry, optional): where to look; None looks in each
-            of mmseg's registries (and their mmengine parents).
-
-    Returns:
-        The class, or None when no registry has the name.
-    """
+    """The class (or function) that a config ``type`` (a name, or the
+    class itself) names in ``registry``, else in any of mmseg's registries
+    (and their mmengine parents); None where none has it."""
     if not isinstance(type_, str):
         return type_
-    registries = [registry] if registry else _registries()
+    registries = [registry] if registry else [
+        getattr(mmseg_registry, name) for name in mmseg_registry.__all__
+    ]
     for found in (r.get(type_) for r in registries):
         if found is not None:
             return found
     return None
 
 
-def check_config_keys(cfg: Config, path: str = 'the config') -> None:
-    """Refuse a top-level key that is a near-miss of a runner key.
-
-    Configs define variables of any name, so only a key that is not a runner
-    key and is spelled almost like one (``load_form`` for ``load_from``) is
-    taken for a typo.
-
-    Args:
-        cfg (Config): the loaded config file.
-        path (str): its name, for the message.
-
-    Raises:
-        ConfigKeyError: naming the key and the runner key it resembles.
-    """
-    for key in cfg.keys():
-        if key in RUNNER_KEYS or key in _CONFIG_VARIABLES:
-            continue
-        close = difflib.get_close_matches(key, RUNNER_KEYS, n=1, cutoff=0.85)
-        if close:
-            raise ConfigKeyError(
-                f'{path}: top-level key {key!r} is read by nothing; did you '
-                f'mean {close[0]!r}? (rename a config variable that only '
-                'looks like it)')
-
-
-def check_types(cfg: Config) -> None:
-    """Refuse a ``type`` that no registry has, before anything is built.
-
-    mmengine's registry would raise a ``KeyError`` deep in the build, after
-    printing the whole config. Scoped names (``mmpretrain.X``) are left to
-    their scope's registry.
-
-    Args:
-        cfg (Config): the merged config.
-
-    Raises:
-        ConfigKeyError: naming the key, the type and the closest names.
-    """
-    for key, type_ in _types(cfg.to_dict(), ''):
-        if '.' in type_ or registered(type_) is not None:
-            continue
-        names = set()
-        for registry in _registries():
-            names.update(registry.module_dict)
-            if registry.parent is not None:
-                names.update(registry.parent.module_dict)
-        close = difflib.get_close_matches(type_, sorted(names), n=3)
-        raise ConfigKeyError(
-            f'{key} {type_!r} is not registered; ' +
-            (f'closest: {", ".join(close)}' if close else
-             'is its module in custom_imports?'))
-
-
-def _types(node: Any, key: str):
-    """``(key, type)`` for every string ``type`` in a nested config."""
-    items = (node.items() if isinstance(node, dict) else
-             enumerate(node) if isinstance(node, (list, tuple)) else ())
-    for name, value in items:
-        where = f'{key}.{name}' if key else str(name)
-        if name == 'type' and isinstance(value, str):
-            yield where, value
-        else:
-            yield from _types(value, where)
-
-
 def translate_legacy_keys(cfg: Config,
                           options: dict) -> Tuple[dict, List[str]]:
-    """Move mmseg 0.x override keys (:data:`LEGACY_KEYS`) to their 1.x
-    places.
-
-    Args:
-        cfg (Config): the config the overrides are for.
-        options (dict): ``DictAction`` result (``{'a.b': value}``).
-
-    Returns:
-        tuple[dict, list[str]]: the overrides with 1.x keys, and a note per
-        translated key.
-    """
+    """``options`` (a ``DictAction`` result for ``cfg``) with the mmseg 0.x
+    keys of :data:`LEGACY_KEYS` at their 1.x places, and a note per
+    translated key."""
     translated, notes = {}, []
     for key, value in options.items():
         if key not in LEGACY_KEYS:
@@ -203,18 +90,16 @@ def check_override_keys(cfg: Config, options: dict) -> None:
     lacks, and on into the new dicts below it. Such a part passes when the
     dict it goes into takes it: at the top level a runner key; in a dict
     with a ``type`` (a ``type`` override in ``options`` counts) an argument
-    of that class, in ``randomness`` one of ``Runner.set_randomness``.
-    Where the accepted keys cannot be told (a class taking ``**kwargs``, a
-    dict without a ``type``), only a near-miss of a key the dict has is
-    refused.
+    of that class, in ``randomness`` one of ``Runner.set_randomness``. Where
+    the accepted names cannot be told (a class taking ``**kwargs``, a dict
+    without a ``type``), only a near-miss of a key the dict has is refused.
 
     Args:
         cfg (Config): the config before the overrides.
         options (dict): ``DictAction`` result (``{'a.b': value}``).
 
     Raises:
-        ConfigKeyError: naming the key, the dict it goes into and the
-            closest keys that dict takes.
+        ConfigKeyError: naming the key and the closest accepted names.
     """
     tree = cfg.to_dict()
     for key in options:
@@ -222,24 +107,24 @@ def check_override_keys(cfg: Config, options: dict) -> None:
         for depth, part in enumerate(parts):
             if isinstance(node, (list, tuple)) and part.isdigit():
                 node = node[int(part)] if int(part) < len(node) else None
+            elif isinstance(node, dict) and part in node:
+                node = node[part]
             elif not isinstance(node, dict):
                 break  # a value is replaced: mmengine's merge decides
-            elif part in node:
-                node = node[part]
             else:
-                place = '.'.join(parts[:depth])
-                type_ = node.get('type', _RUNNER_METHODS.get(place))
-                type_ = options.get(f'{place}.type', type_)
-                _check_new_key(key, part, place, node, type_)
+                _check_new_key(key, '.'.join(parts[:depth]), part, node,
+                               options)
                 node = {}  # new below
 
 
-def _check_new_key(key: str, name: str, place: str, node: dict,
-                   type_: Any) -> None:
-    """Refuse ``name``, new in the dict ``node`` at ``place`` (built as
-    ``type_``), unless that dict takes it."""
-    known = set(node) | _BUILDER_KEYS
-    accepted = RUNNER_KEYS if not place else _init_args(type_)
+def _check_new_key(key: str, place: str, name: str, node: dict,
+                   options: dict) -> None:
+    """Refuse ``name``, new in the dict ``node`` at ``place``, unless the
+    class that dict builds takes it (see :func:`check_override_keys`)."""
+    type_ = options.get(f'{place}.type', node.get('type'))
+    accepted = RUNNER_KEYS if not place else _init_args(
+        Runner.set_randomness if place == 'randomness' else type_)
+    known = set(node) | BUILDER_KEYS
     if accepted is None:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         if not close:
@@ -261,9 +146,8 @@ def _check_new_key(key: str, name: str, place: str, node: dict,
 def _init_args(type_: Any) -> Optional[Set[str]]:
     """Argument names of what ``type_`` builds; None when they cannot be
     told (no type, not registered, ``**kwargs``)."""
-    target = registered(type_) if type_ is not None else None
     try:
-        params = inspect.signature(target).parameters.values()
+        params = inspect.signature(registered(type_)).parameters.values()
     except (TypeError, ValueError):
         return None
     if any(p.kind == p.VAR_KEYWORD for p in params):

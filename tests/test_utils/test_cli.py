@@ -20,13 +20,14 @@ def test_shape_is_two_ints_or_none():
     assert _parser().parse_args([]).shape is None
 
 
-@pytest.mark.parametrize('shape', [['0', '5'], ['5', '-1']])
-def test_a_side_below_one_is_refused(shape, capsys):
+@pytest.mark.parametrize('shape, bad', [(['0', '5'], '0'),
+                                        (['5', '-1'], '-1'),
+                                        (['5', '2.5'], '2.5')])
+def test_a_side_below_one_is_refused(shape, bad, capsys):
     with pytest.raises(SystemExit):
         _parser().parse_args(['--shape', *shape])
-    got = [int(side) for side in shape]
-    assert f'tool: error: --shape must be positive, got {got}' in \
-        capsys.readouterr().err
+    assert (f"tool: error: argument --shape: expected a positive integer, "
+            f"got '{bad}'") in capsys.readouterr().err
 
 
 # --cfg-options ---------------------------------------------------------------

@@ -1,14 +1,15 @@
-"""Config keys that nothing reads: mmseg 0.x keys are translated, typos and
-unknown settings are refused with the closest known keys; load_config's
-custom_imports and dataloaders without workers."""
+"""--cfg-options keys that nothing reads: mmseg 0.x keys are translated,
+typos and unknown settings are refused with the closest known keys;
+load_config's custom_imports, syntax errors and dataloaders without
+workers."""
 import pytest
 from mmengine.config import Config
 from mmseg.registry import MODELS
 
 from regproxy.utils import load_config, registered
 from regproxy.utils.config_keys import (LEGACY_KEYS, ConfigKeyError,
-                                        check_config_keys, check_override_keys,
-                                        check_types, translate_legacy_keys)
+                                        check_override_keys,
+                                        translate_legacy_keys)
 from tests.conformance import CONFIG_DIR
 from tests.tiny_models import tiny_segmentor_cfg
 
@@ -53,8 +54,8 @@ def test_legacy_keys_reach_their_1x_places():
 
 
 def test_later_overrides_win_over_translated_ones():
-    cfg = load_config(T16_ADE, {'data.samples_per_gpu': 4},
-                      {'train_dataloader.batch_size': 8})
+    cfg = load_config(T16_ADE, {'data.samples_per_gpu': 4,
+                                'train_dataloader.batch_size': 8})
     assert cfg.train_dataloader.batch_size == 8
 
 
@@ -104,8 +105,8 @@ def test_unknown_keys_are_refused_naming_the_closest(cfg, key, message):
             'model.decode_head.use_unfold': True
         },  # ProxyHead, then its base
         {
-            'optim_wrapper.type': 'SkipNonFiniteOptimWrapper',
-            'optim_wrapper.max_consecutive_skips': 3
+            'optim_wrapper.type': 'AmpOptimWrapper',
+            'optim_wrapper.loss_scale': 'dynamic'
         },  # the new type's argument
         {
             'optim_wrapper.accumulative_counts': 4
@@ -144,25 +145,7 @@ def test_keys_that_something_reads_pass(cfg, options):
 
 def test_load_config_ends_the_script_with_the_message():
     with pytest.raises(SystemExit, match='closest: embed_dims'):
-        load_config(T16_ADE, None, {'model.backbone.embed_dim': 192})
-
-
-def test_config_file_near_misses_of_runner_keys(tmp_path):
-    path = tmp_path / 'typo.py'
-    path.write_text(f"_base_ = ['{T16_ADE}']\nload_form = 'init.pth'\n")
-    with pytest.raises(SystemExit,
-                       match="'load_form' is read by nothing; "
-                       "did you mean 'load_from'"):
-        load_config(str(path))
-    # variables of any other name are the config's own business
-    path.write_text(f"_base_ = ['{T16_ADE}']\nmy_lr = 1e-4\n"
-                    "val_pipeline = []\nmodels = None\n")
-    load_config(str(path))
-
-
-def test_every_config_passes_the_near_miss_check():
-    for path in sorted(CONFIG_DIR.glob('**/*.py')):
-        check_config_keys(Config.fromfile(path), str(path))
+        load_config(T16_ADE, {'model.backbone.embed_dim': 192})
 
 
 @pytest.mark.parametrize('key', [
@@ -233,28 +216,7 @@ def test_segmentor_refuses_unknown_test_cfg_keys():
         MODELS.build(cfg)
 
 
-# Types and syntax, before anything is built ---------------------------------
-
-
-def test_every_config_names_registered_types():
-    for path in sorted(CONFIG_DIR.glob('**/*.py')):
-        check_types(Config.fromfile(path))
-
-
-@pytest.mark.parametrize('options, message', [
-    ({'model.backbone.type': 'RegionProxyVit'},
-     "model.backbone.type 'RegionProxyVit' is not registered; closest: "
-     'RegionProxyViT'),
-    ({'train_dataloader.dataset.pipeline.0.type': 'NoSuchTransformAtAll'},
-     "train_dataloader.dataset.pipeline.0.type 'NoSuchTransformAtAll' is not "
-     'registered; is its module in custom_imports?'),
-])
-def test_an_unregistered_type_is_named_with_the_closest(options, message):
-    """mmengine's registry raised a KeyError after a 400-line config
-    dump."""
-    with pytest.raises(SystemExit) as exit:
-        load_config(T16_ADE, options)
-    assert str(exit.value).startswith(f'error: {message}')
+# Syntax, before anything is built ------------------------------------------
 
 
 def test_a_syntax_error_names_the_file_line_and_text(tmp_path):
@@ -267,4 +229,5 @@ def test_a_syntax_error_names_the_file_line_and_text(tmp_path):
         with pytest.raises(SystemExit) as exit:
             load_config(str(path))
         assert str(exit.value) == (
-            f"error: {base}, line 2: '(' was never closed: b = dict(c=2")
+            f"error: {path} (or one of its _base_ files), line 2: '(' was "
+            'never closed: b = dict(c=2')

@@ -4,8 +4,7 @@ are slow."""
 import pytest
 import torch
 
-from tests.test_tools.test_benchmark_demo_onnx import (  # noqa: F401
-    benchmark, tiny)
+from tests.test_tools.test_benchmark import benchmark
 from tests.test_tools.test_train_test_cli import (  # noqa: F401
     _test, single_test, test_script, tiny_config, trained)
 from tests.tiny_models import tiny_segmentor
