@@ -114,8 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, SplitReport]:
             print(report.table())
     problems = [p for report in reports.values() for p in report.problems]
     if problems:
-        print(f'\n{len(problems)} problem(s):')
-        print('\n'.join(f'  {problem}' for problem in problems))
+        print(f'\n{len(problems)} problem(s):', *problems, sep='\n  ')
         sys.exit(f'error: {len(problems)} problem(s) (listed above)')
     print(f'\nok: {sum(r.samples for r in reports.values())} samples in '
           f'{len(reports)} split(s), no problems')
