@@ -1,97 +1,55 @@
 """Segment one image with a RegionProxy model and picture its region proxies.
 
     python tools/demo.py IMAGE CONFIG CHECKPOINT --out DIR [--device cpu]
-        [--dtype float32|bfloat16] [--opacity 0.5] [--cfg-options ...]
+        [--dtype float32|bfloat16|float16] [--cfg-options ...]
 
-Writes three pictures of the image's size into DIR:
-
-- ``<name>_seg.png``: the predicted classes in the dataset's palette over the
-  image (``mmseg.apis.inference_model``, the config's test mode);
-- ``<name>_regions.png``: the region proxies as superpixels: every pixel
-  belongs to the neighbouring token with its largest affinity (the argmax over
-  the 9 neighbours of ``ProxyHead.affinity``, as an absolute token index),
-  outlined over the image;
-- ``<name>_tokens.png``: the class of every token (the argmax of its region
-  logits), one colour block per token over the image.
-
-The last two come from one whole-image pass over the test pipeline's resized
-image; the head's internals are read through forward hooks, so any
-RegionProxy checkpoint works unchanged. The image is read as ``train.py``
-and ``test.py`` read it (``CheckedLoadImageFromFile``): as stored, its EXIF
-orientation tag ignored, and a cut file stops the demo with its name.
+Writes ``<name>_seg.png`` (the classes predicted in the config's test mode),
+``<name>_regions.png`` (each pixel joined to its strongest neighbouring token)
+and ``<name>_tokens.png`` (each token's class) into DIR; see the README.
 """
 import argparse
 import os.path as osp
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import mmcv
 import numpy as np
 import torch
 from mmengine.config import ConfigDict, DictAction
+from mmengine.structures import PixelData
 from mmseg.apis import inference_model, init_model
+from mmseg.structures import SegDataSample
+from mmseg.visualization import SegLocalVisualizer
 
-import regproxy  # noqa: F401 registers the RegionProxy modules
 from regproxy.datasets import CheckedLoadImageFromFile
 from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
                              trusted_checkpoints)
-from regproxy.utils import DTYPES, add_trust_checkpoint_arg, fail
+from regproxy.utils import DTYPES, add_trust_checkpoint_arg, fail, load_config
+
 OUTLINE_COLOR = (255, 255, 0)  # RGB yellow: visible on most photos
 
 
-def palette_for(model: torch.nn.Module) -> np.ndarray:
-    """(K, 3) uint8 RGB colours: the dataset's palette, or fixed random
-    colours where the checkpoint carries none (or too few)."""
-    num_classes = model.decode_head.num_classes
-    palette = model.dataset_meta.get('palette')
-    if palette is None or len(palette) < num_classes:
-        rng = np.random.default_rng(0)
-        return rng.integers(0, 256, (num_classes, 3), dtype=np.uint8)
-    return np.asarray(palette[:num_classes], dtype=np.uint8)
-
-
-def blend(image: np.ndarray, colors: np.ndarray,
-          opacity: float) -> np.ndarray:
-    """Mix two (H, W, 3) uint8 pictures, ``opacity`` of ``colors``."""
-    mixed = image.astype(np.float32) * (1 - opacity) + colors * opacity
-    return mixed.round().astype(np.uint8)
-
-
-def head_internals(
-    model: torch.nn.Module, image: np.ndarray
-) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
-    """One whole-image pass (``inference_model`` in test mode ``whole``),
-    the head's internals read through forward hooks.
-
-    Args:
-        model (torch.nn.Module): the segmentor.
-        image (np.ndarray): (H, W, 3) uint8 BGR image, as loaded.
-
-    Returns:
-        tuple: ``affinity`` (9, rh, rw, h, w), ``region_logits`` (h, w, K),
-        both float32, and the (H, W) size of the resized image that the
-        backbone saw.
-    """
+def token_maps(model: torch.nn.Module,
+               image: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(H, W) maps of the BGR ``image`` from one whole-image pass, read by
+    forward hooks (left on ``model``): each pixel's strongest neighbouring
+    token (the argmax of ``ProxyHead.affinity``) and its token's class (the
+    argmax of the token's region logits)."""
     head = model.decode_head
-    captured: Dict[str, torch.Tensor] = {}
-    handles = [
-        head.affinity_head.register_forward_pre_hook(
-            lambda module, args: captured.update(x_mid=args[0])),
-        head.mlp.register_forward_hook(
-            lambda module, args, out: captured.update(region_logits=out)),
-    ]
-    # one pass over the whole image, not one per slide window
-    test_cfg, model.test_cfg = model.test_cfg, ConfigDict(mode='whole')
-    try:
-        with torch.no_grad():
-            result = inference_model(model, image)
-            affinity = head.affinity(captured['x_mid'])
-    finally:
-        model.test_cfg = test_cfg
-        for handle in handles:
-            handle.remove()
-    return (affinity[0].float(), captured['region_logits'][0].float(),
-            result.img_shape)
+    captured = {}
+    head.affinity_head.register_forward_pre_hook(
+        lambda module, args: captured.update(x_mid=args[0]))
+    head.mlp.register_forward_hook(
+        lambda module, args, out: captured.update(region_logits=out))
+    model.test_cfg = ConfigDict(mode='whole', return_logits=False)
+    resized, size = inference_model(model, image).img_shape, image.shape[:2]
+    with torch.no_grad():
+        affinity = head.affinity(captured['x_mid'])[0].cpu()
+    regions = strongest_region(affinity)
+    patch, (rh, rw) = model.backbone.patch_size, head.region_res
+    tokens = captured['region_logits'][0].argmax(dim=-1)
+    return (to_image_grid(regions, (patch // rh, patch // rw), resized, size),
+            to_image_grid(tokens, (patch, patch), resized, size))
 
 
 def strongest_region(affinity: torch.Tensor) -> torch.Tensor:
@@ -109,82 +67,68 @@ def strongest_region(affinity: torch.Tensor) -> torch.Tensor:
 def to_image_grid(cells: torch.Tensor, cell_size: Tuple[int, int],
                   resized: Tuple[int, int],
                   image: Tuple[int, int]) -> np.ndarray:
-    """Spread a map of (cell_h, cell_w)-pixel cells over the resized image
-    (the backbone padded it at the bottom/right to whole tokens, so the cells
-    start at its top-left corner), cut the padding off and bring the map to
-    the original ``image`` (H, W) size."""
-    grid = cells.numpy().astype(np.int32)
-    grid = grid.repeat(cell_size[0], axis=0).repeat(cell_size[1], axis=1)
-    grid = grid[:resized[0], :resized[1]]
-    return cv2.resize(
-        grid, (image[1], image[0]), interpolation=cv2.INTER_NEAREST)
+    """A map of (cell_h, cell_w)-pixel cells of the ``resized`` image (which
+    the backbone padded at the bottom/right) at the ``image`` (H, W) size."""
+    rows = np.arange(image[0]) * resized[0] // image[0] // cell_size[0]
+    cols = np.arange(image[1]) * resized[1] // image[1] // cell_size[1]
+    return cells.cpu().numpy()[np.ix_(rows, cols)]
 
 
 def outline(labels: np.ndarray, thickness: int) -> np.ndarray:
     """(H, W) bool mask of the borders between different labels."""
-    edges = np.zeros(labels.shape, dtype=np.uint8)
-    edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edges[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    if thickness > 1:
-        edges = cv2.dilate(edges, np.ones((thickness, thickness), np.uint8))
-    return edges.astype(bool)
+    kernel = np.ones((thickness + 1, thickness + 1), np.uint8)
+    return cv2.morphologyEx(labels.astype(np.float32), cv2.MORPH_GRADIENT,
+                            kernel) > 0
+
+
+def overlay(visualizer: SegLocalVisualizer, image: np.ndarray,
+            classes: np.ndarray) -> np.ndarray:
+    """(H, W) classes drawn over the RGB ``image`` by mmseg's visualizer."""
+    sample = SegDataSample(pred_sem_seg=PixelData(data=classes[None]))
+    visualizer.add_datasample('', image, sample, draw_gt=False,
+                              with_labels=False)
+    return visualizer.get_image()
 
 
 def run_demo(args: argparse.Namespace) -> List[str]:
-    """Write the three pictures of ``args.image`` (the command line's
-    settings); returns their paths."""
-    # The loader of train.py and test.py: a cut or undecodable file stops
-    # with its name (cv2 fills a cut JPEG with grey), the EXIF orientation
-    # tag is ignored as in training.
+    """Write the three pictures of ``args.image``; returns their paths."""
     image_bgr = CheckedLoadImageFromFile()(dict(img_path=args.image))['img']
-    model = init_model(args.config, device=args.device,
-                       cfg_options=args.cfg_options)
-    # Read safely, with errors that name the file and mismatched keys.
+    # Only the class map is pictured: predict it without the full logits.
+    cfg = load_config(args.config, {'model.test_cfg.return_logits': False,
+                                    **(args.cfg_options or {})})
+    model = init_model(cfg, device=args.device)
     meta = load_segmentor_checkpoint(model, args.checkpoint).get('meta', {})
-    model.dataset_meta = meta.get('dataset_meta') or {}
-    if not model.dataset_meta and 'CLASSES' in meta:  # mmseg 0.x checkpoint
-        model.dataset_meta = dict(
-            classes=meta['CLASSES'], palette=meta.get('PALETTE'))
-    with torch.autocast(
-            torch.device(args.device).type,
-            dtype=DTYPES[args.dtype],
-            enabled=args.dtype != 'float32'):
-        result = inference_model(model, image_bgr)
-        affinity, region_logits, resized = head_internals(model, image_bgr)
+    # 1.x files carry dataset_meta, released 0.x ones CLASSES and PALETTE
+    palette = (meta.get('dataset_meta') or {}).get('palette',
+                                                   meta.get('PALETTE'))
+    num_classes = model.decode_head.num_classes
+    if palette is None:  # e.g. a safetensors file: fixed random colours
+        palette = np.random.default_rng(0).integers(0, 256, (num_classes, 3))
+    visualizer = SegLocalVisualizer(alpha=0.5)
+    visualizer.dataset_meta = dict(classes=range(num_classes),
+                                   palette=palette)
+    with torch.autocast(torch.device(args.device).type,
+                        dtype=DTYPES[args.dtype],
+                        enabled=args.dtype != 'float32'):
+        pred = inference_model(model, image_bgr).pred_sem_seg.data[0].cpu()
+        regions, token_classes = token_maps(model, image_bgr)
 
     image = mmcv.bgr2rgb(image_bgr)
-    size = image.shape[:2]
-    palette = palette_for(model)
-    pred = result.pred_sem_seg.data[0].cpu().numpy()
-    seg = blend(image, palette[pred], args.opacity)
-
-    patch = model.backbone.patch_size
-    rh, rw = model.decode_head.region_res
-    regions = to_image_grid(
-        strongest_region(affinity.cpu()), (patch // rh, patch // rw),
-        resized, size)
-    thickness = max(1, round(min(size) / 300))
+    thickness = max(1, round(min(image.shape[:2]) / 300))
     region_img = image.copy()
     region_img[outline(regions, thickness)] = OUTLINE_COLOR
-
-    token_classes = to_image_grid(
-        region_logits.argmax(dim=-1).cpu(), (patch, patch), resized, size)
-    tokens = blend(image, palette[token_classes], max(args.opacity, 0.6))
-    tokens[outline(token_classes, thickness)] = 255  # block borders in white
-
-    stem = osp.splitext(osp.basename(args.image))[0]
-    paths = []
-    for suffix, picture in (('seg', seg), ('regions', region_img),
-                            ('tokens', tokens)):
-        path = osp.join(args.out, f'{stem}_{suffix}.png')
+    tokens = overlay(visualizer, image, token_classes)
+    tokens[outline(token_classes, thickness)] = 255  # block borders, white
+    stem = osp.join(args.out, osp.splitext(osp.basename(args.image))[0])
+    paths = [f'{stem}_{name}.png' for name in ('seg', 'regions', 'tokens')]
+    seg = overlay(visualizer, image, pred.numpy())
+    for path, picture in zip(paths, (seg, region_img, tokens)):
         mmcv.imwrite(mmcv.rgb2bgr(picture), path, auto_mkdir=True)
-        paths.append(path)
     return paths
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description='segmentation overlay, region proxies and token classes')
+def main(argv: Optional[Sequence[str]] = None) -> List[str]:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('image')
     parser.add_argument('config')
     parser.add_argument('checkpoint')
@@ -192,28 +136,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--device', default='cuda:0' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--dtype', choices=list(DTYPES), default='float32',
-                        help='autocast precision of the forward passes '
-                        '(float16 needs a GPU)')
-    parser.add_argument('--opacity', type=float, default=0.5,
-                        help='weight of the class colours, in (0, 1]')
+                        help='autocast precision of the forward passes')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='config overrides, e.g. test_pipeline.1.scale="(512,256)"')
     add_trust_checkpoint_arg(parser)
     args = parser.parse_args(argv)
-    if args.dtype == 'float16' and not args.device.startswith('cuda'):
-        parser.error('--dtype float16 needs a GPU; on the CPU use bfloat16')
-    if not 0 < args.opacity <= 1:
-        parser.error(f'--opacity must be in (0, 1], got {args.opacity}')
-    return args
-
-
-def main(argv: Optional[Sequence[str]] = None) -> List[str]:
-    args = parse_args(argv)
     try:
         with trusted_checkpoints(args.trust_checkpoint):
             paths = run_demo(args)
-    except (CheckpointError, OSError) as error:  # OSError: the image
+    except (CheckpointError, OSError) as error:  # OSError: image or config
         fail(str(error))
     print('\n'.join(paths))
     return paths

@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
 
 from tests.scripts import load_script
 from tests.test_tools.conftest import NUM_CLASSES, PALETTE
@@ -24,9 +23,9 @@ vit2regproxy = load_script('tools/model_converters/vit2regproxy.py')
 
 
 def test_get_flops_splits_off_attention_per_layer(tiny):
+    from mmseg.apis import init_model
     result = get_flops.analyse(tiny[0], (64, 96))
-    model = benchmark.build_model(Config.fromfile(tiny[0]), 'ours',
-                                  torch.device('cpu'))
+    model = init_model(tiny[0], device='cpu')
     assert result['params'] == sum(p.numel() for p in model.parameters())
     # Each of the 2 layers: qkv and output projections, QK^T and AV, over
     # the 4x6 patch tokens and the cls token, width 32.
@@ -52,12 +51,19 @@ def test_strongest_region_maps_neighbours_to_absolute_tokens():
     assert torch.equal(regions, expected)
 
 
+@pytest.fixture(scope='module')
+def astronaut(tmp_path_factory):
+    """(RGB 512x512 photo, its PNG file), scikit-image's astronaut."""
+    photo = pytest.importorskip('skimage.data').astronaut()
+    path = tmp_path_factory.mktemp('photo') / 'astronaut.png'
+    cv2.imwrite(str(path), photo[..., ::-1])
+    return photo, path
+
+
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-def test_demo_writes_three_pictures_of_the_image(tiny, tmp_path, dtype):
-    skimage_data = pytest.importorskip('skimage.data')
-    photo = skimage_data.astronaut()  # RGB, 512x512, ships with skimage
-    image_path = tmp_path / 'astronaut.png'
-    cv2.imwrite(str(image_path), photo[..., ::-1])
+def test_demo_writes_three_pictures_of_the_image(tiny, tmp_path, dtype,
+                                                 astronaut):
+    photo, image_path = astronaut
     paths = demo.main([
         str(image_path), tiny[0], tiny[1], '--out',
         str(tmp_path / 'out'), '--device', 'cpu', '--dtype', dtype
@@ -70,9 +76,10 @@ def test_demo_writes_three_pictures_of_the_image(tiny, tmp_path, dtype):
         assert picture.shape == photo.shape
         assert picture.std() > 10  # not blank
         assert np.abs(picture.astype(int) - photo).mean() > 1  # drawn on
-    # The overlay mixes the photo with palette colours only.
+    # The overlay mixes the photo with palette colours only (mmseg's
+    # visualizer rounds down).
     mixed = {
-        tuple(np.round(0.5 * photo[0, 0] + 0.5 * np.array(c)).astype(int))
+        tuple((0.5 * photo[0, 0] + 0.5 * np.array(c)).astype(int))
         for c in PALETTE
     }
     assert tuple(seg[0, 0]) in mixed
@@ -80,6 +87,18 @@ def test_demo_writes_three_pictures_of_the_image(tiny, tmp_path, dtype):
     lines = np.all(regions == demo.OUTLINE_COLOR, axis=-1)
     assert lines.any()
     assert lines.mean() < 0.5
+
+
+def test_demo_class_map_without_logits_is_unchanged(tiny, tmp_path,
+                                                    astronaut):
+    """The demo predicts with test_cfg.return_logits=False; with mmseg's
+    full logits (slide windows merged, then argmax) the picture is the
+    same."""
+    args = [str(astronaut[1]), tiny[0], tiny[1], '--device', 'cpu']
+    lean = demo.main(args + ['--out', str(tmp_path / 'lean')])[0]
+    full = demo.main(args + ['--out', str(tmp_path / 'full'), '--cfg-options',
+                             'model.test_cfg.return_logits=True'])[0]
+    assert np.array_equal(cv2.imread(lean), cv2.imread(full))
 
 
 # -------------------------------------------------------------------- onnx
