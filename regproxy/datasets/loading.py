@@ -106,7 +106,7 @@ def _unreadable(kind: str, path: str, error: Optional[Exception],
     message = f'cannot read {kind} {path}: {cause}'
     if not skip:
         raise OSError(message) from error
-    print_log(f'{message}; skipped (skip_unreadable=True)', 'current',
+    print_log(f'{message}; skipped (ignore_empty=True)', 'current',
               level=logging.WARNING)
 
 
@@ -114,17 +114,9 @@ def _unreadable(kind: str, path: str, error: Optional[Exception],
 class CheckedLoadImageFromFile(LoadImageFromFile):
     """``LoadImageFromFile`` whose errors name the file, reading images as
     stored (EXIF orientation ignored) and cut JPEGs/PNGs as unreadable.
-
-    Args:
-        skip_unreadable (bool): warn and skip a missing or undecodable file
-            instead of failing (training only: mmengine's dataset then draws
-            another sample). Default: False.
-        **kwargs: ``LoadImageFromFile`` arguments.
+    With its ``ignore_empty=True`` an unreadable file is skipped with a
+    warning (training only: mmengine's dataset then draws another sample).
     """
-
-    def __init__(self, skip_unreadable: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.skip_unreadable = skip_unreadable
 
     def transform(self, results: dict) -> Optional[dict]:
         path = results['img_path']
@@ -138,9 +130,9 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
                 flag=unturned_flag(self.color_type, self.imdecode_backend),
                 backend=self.imdecode_backend)
         except Exception as error:  # any decoder, any file backend
-            return _unreadable('image', path, error, self.skip_unreadable)
+            return _unreadable('image', path, error, self.ignore_empty)
         if img is None:
-            return _unreadable('image', path, None, self.skip_unreadable)
+            return _unreadable('image', path, None, self.ignore_empty)
         if self.to_float32:
             img = img.astype(np.float32)
         results.update(img=img, img_shape=img.shape[:2],
@@ -159,15 +151,16 @@ class CheckedLoadAnnotations(LoadAnnotations):
         num_classes (int, optional): number of classes; None checks only
             that labels fit in uint8. Default: None.
         ignore_index (int): the label of ignored pixels. Default: 255.
-        skip_unreadable (bool): as in :class:`CheckedLoadImageFromFile`;
-            label values out of range are always an error. Default: False.
+        ignore_empty (bool): skip an unreadable file, as
+            :class:`CheckedLoadImageFromFile`'s; label values out of range
+            are always an error. Default: False.
         **kwargs: ``LoadAnnotations`` arguments.
     """
 
     def __init__(self,
                  num_classes: Optional[int] = None,
                  ignore_index: int = 255,
-                 skip_unreadable: bool = False,
+                 ignore_empty: bool = False,
                  **kwargs):
         super().__init__(**kwargs)
         if num_classes is not None and not 0 < num_classes <= 255:
@@ -176,7 +169,7 @@ class CheckedLoadAnnotations(LoadAnnotations):
                 f'uint8), got {num_classes}')
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.skip_unreadable = skip_unreadable
+        self.ignore_empty = ignore_empty
 
     def transform(self, results: dict) -> Optional[dict]:
         path = results.get('seg_map_path')
@@ -188,9 +181,9 @@ class CheckedLoadAnnotations(LoadAnnotations):
                 flag='unchanged',
                 backend=self.imdecode_backend)
         except Exception as error:
-            return _unreadable('label map', path, error, self.skip_unreadable)
+            return _unreadable('label map', path, error, self.ignore_empty)
         if labels is None:
-            return _unreadable('label map', path, None, self.skip_unreadable)
+            return _unreadable('label map', path, None, self.ignore_empty)
         image_shape = results.get('ori_shape')
         if image_shape is not None and tuple(labels.shape[:2]) != tuple(
                 image_shape):

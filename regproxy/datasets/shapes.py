@@ -342,9 +342,7 @@ class ShapesDataset(BaseSegDataset):
                 f'ShapesDataset: no data at {root!r}; generating the shapes '
                 f'dataset in {osp.abspath(root)} (relative to the working '
                 f'directory {os.getcwd()}). To use one copy from any folder, '
-                'set data_root to that path.',
-                logger='current',
-                level=logging.WARNING)
+                'set data_root to that path.', 'current', logging.WARNING)
             try:
                 generate_shapes_dataset(root)
             except FileExistsError:

@@ -51,16 +51,16 @@ def test_unreadable_label_map_names_the_file(tmp_path, content):
         _load_labels(path)
 
 
-def test_skip_unreadable_warns_and_returns_none(tmp_path):
+def test_ignore_empty_warns_and_returns_none(tmp_path):
     path = tmp_path / 'broken.png'
     path.write_bytes(b'garbage')
     logger = MMLogger.get_current_instance()
     records = []
     logger.addFilter(lambda record: records.append(record.getMessage()))
     try:
-        assert CheckedLoadImageFromFile(skip_unreadable=True)(
+        assert CheckedLoadImageFromFile(ignore_empty=True)(
             dict(img_path=str(path))) is None
-        assert CheckedLoadAnnotations(skip_unreadable=True)(
+        assert CheckedLoadAnnotations(ignore_empty=True)(
             dict(seg_map_path=str(path), seg_fields=[])) is None
     finally:
         logger.filters.clear()
@@ -68,7 +68,7 @@ def test_skip_unreadable_warns_and_returns_none(tmp_path):
 
 
 def test_training_skips_an_unreadable_sample(small_root, tmp_path):
-    """With skip_unreadable, mmengine's dataset draws another sample in
+    """With ignore_empty, mmengine's dataset draws another sample in
     place of a corrupt one; without it, the error names the file."""
     root = shutil.copytree(small_root, tmp_path / 'shapes')
     images = sorted((root / 'images' / 'training').iterdir())
@@ -80,7 +80,7 @@ def test_training_skips_an_unreadable_sample(small_root, tmp_path):
     with pytest.raises(OSError, match=str(images[0])):
         dataset[0]
     for transform in dataset_cfg.pipeline[:2]:
-        transform.skip_unreadable = True
+        transform.ignore_empty = True
     dataset = DATASETS.build(dataset_cfg)
     sample = dataset[0]['data_samples']
     assert sample.img_path != str(images[0])
@@ -198,7 +198,7 @@ def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path):
     assert cv2.imread(str(path)) is not None  # cv2 alone fills it with grey
     with pytest.raises(OSError, match=f'cannot read image {path}.*truncated'):
         CheckedLoadImageFromFile()(dict(img_path=str(path)))
-    assert CheckedLoadImageFromFile(skip_unreadable=True)(
+    assert CheckedLoadImageFromFile(ignore_empty=True)(
         dict(img_path=str(path))) is None
 
 
