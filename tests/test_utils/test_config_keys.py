@@ -112,7 +112,7 @@ def test_unknown_keys_are_refused_naming_the_closest(cfg, key, message):
             'optim_wrapper.accumulative_counts': 4
         },
         {
-            'train_dataloader.dataset.pipeline.0.skip_unreadable': True
+            'train_dataloader.dataset.pipeline.0.ignore_empty': True
         },
         {
             'train_dataloader.pin_memory': True
