@@ -30,7 +30,7 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
         # The runner counted the wrapper's backward passes in this loop's
         # iterations; they are micro-batches.
         wrapper.initialize_count_status(
-            self.runner.model, self._iter * count, self._max_iters * count)
+            self.runner.model, self.iter * count, self.max_iters * count)
         # mmengine's dataloader iterator is endless: zip never stops.
         self.dataloader_iterator = zip(*[self.dataloader_iterator] * count)
         return super().run()
@@ -42,7 +42,7 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
             data_batch (tuple[dict]): K batches of the dataloader.
         """
         self.runner.call_hook('before_train_iter',
-                              batch_idx=self._iter,
+                              batch_idx=self.iter,
                               data_batch=data_batch)
         logs = [
             self.runner.model.train_step(
@@ -54,7 +54,8 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
             for key in logs[0]
         }
         self.runner.call_hook('after_train_iter',
-                              batch_idx=self._iter,
+                              batch_idx=self.iter,
                               data_batch=data_batch,
                               outputs=outputs)
+        # as IterBasedTrainLoop.run_iter does (mmengine 0.10.7: no setter)
         self._iter += 1

@@ -36,8 +36,9 @@ class NonFiniteLossHook(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
         loss = (outputs or {}).get('loss')
-        if loss is None or math.isfinite(float(loss.detach())):
+        value = None if loss is None else float(loss.detach())
+        if value is None or math.isfinite(value):
             return
         raise FloatingPointError(
-            f'loss is {float(loss)} at iteration {runner.iter + 1}: training '
+            f'loss is {value} at iteration {runner.iter + 1}: training '
             f'stopped; {_resume_advice()}')
