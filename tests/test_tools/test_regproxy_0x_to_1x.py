@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmseg.datasets import ADE20KDataset
 
 from regproxy.engine import load_segmentor_checkpoint
 from tests.conformance import CONFIG_DIR, conformance_path
@@ -53,7 +52,7 @@ def _write(path: Path, checkpoint) -> Path:
     return path
 
 
-# Distinct from ADE20KDataset's, to see where the written ones come from.
+# Not the config dataset's, to see that the written ones are the file's.
 OWN_CLASSES = tuple(f'class {i}' for i in range(150))
 OWN_PALETTE = [[i, 255 - i, (7 * i) % 256] for i in range(150)]
 
@@ -122,20 +121,6 @@ def test_init_model_and_inferencer_know_the_classes(converted):
     assert about_meta == []
 
 
-def test_classes_from_the_config(weights, tmp_path, capsys):
-    src = _write(tmp_path / 'no_classes.pth',
-                 dict(state_dict=weights, meta=_old_meta()))
-    dst = tmp_path / 'out.pth'
-    converter.main([str(src), str(dst), '--config', str(T16)])
-    meta = torch.load(dst, weights_only=True)['meta']['dataset_meta']
-    assert meta['classes'] == ADE20KDataset.METAINFO['classes']
-    assert meta['palette'] == [list(c) for c in
-                               ADE20KDataset.METAINFO['palette']]
-    output = capsys.readouterr().out
-    assert f'load strictly into the model of {T16}' in output
-    assert "150 classes from the config's dataset (ADE20KDataset)" in output
-
-
 def _refused(src: Path, tmp_path: Path, *options: str) -> str:
     dst = tmp_path / 'refused.pth'
     with pytest.raises(SystemExit) as exit_info:
@@ -198,6 +183,14 @@ def test_refuses_a_missing_key_naming_it(weights, tmp_path):
         tmp_path, '--config', str(T16))
     assert 'missing keys in source state_dict: backbone.ln1.weight' in \
         message
+
+
+def test_refuses_a_file_without_class_names(weights, tmp_path):
+    src = _write(tmp_path / 'no_classes.pth',
+                 dict(state_dict=weights, meta=_old_meta()))
+    message = _refused(src, tmp_path, '--config', str(T16))
+    assert "the checkpoint's meta data has 0 class names and 0 colours " \
+        'for the 150 classes of the model' in message
 
 
 def test_refuses_class_names_that_do_not_fit(weights, tmp_path):

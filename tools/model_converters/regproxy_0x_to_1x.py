@@ -7,36 +7,20 @@ OUT holds IN's weights, checked to load strictly into CONFIG's model,
 see docs/checkpoints.md.
 """
 import argparse
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import mmseg
 from mmengine.config import Config
 from mmengine.runner.checkpoint import load_state_dict
 from mmseg.apis import init_model
-from mmseg.registry import DATASETS
 
-from regproxy.datasets import leaf_datasets
 from regproxy.engine import (CheckpointError, load_checkpoint_file,
                              save_checkpoint_file)
 from regproxy.utils import add_trust_checkpoint_arg, fail, load_config
 
 
-def dataset_meta(meta: dict, cfg: Config) -> Tuple[dict, str]:
-    """``classes`` and ``palette`` of a checkpoint's meta data (0.x
-    ``CLASSES``/``PALETTE`` or 1.x ``dataset_meta``), else of the config's
-    test dataset, and where they come from."""
-    own = meta.get('dataset_meta') or dict(classes=meta.get('CLASSES'),
-                                           palette=meta.get('PALETTE'))
-    if own['classes'] is not None:
-        return own, "the checkpoint's meta data"
-    dataset = next(leaf_datasets(cfg.test_dataloader.dataset))
-    return (dict(DATASETS.get(dataset['type']).METAINFO,
-                 **dataset.get('metainfo', {})),
-            f"the config's dataset ({dataset['type']})")
-
-
-def convert(checkpoint, cfg: Config, source: str) -> Tuple[dict, str]:
-    """The 1.x form of ``checkpoint`` and where its classes come from.
+def convert(checkpoint, cfg: Config, source: str) -> dict:
+    """The 1.x form of ``checkpoint``.
 
     Raises:
         CheckpointError: no ``state_dict``, weights that do not load
@@ -57,19 +41,23 @@ def convert(checkpoint, cfg: Config, source: str) -> Tuple[dict, str]:
     except RuntimeError as error:  # mmengine lists keys and shapes
         raise CheckpointError(f'{source} does not fit the model of '
                               f'{cfg.filename}: {error}') from None
-    own, origin = dataset_meta(checkpoint.get('meta') or {}, cfg)
-    classes, palette = own['classes'], own.get('palette')
+    meta = checkpoint.get('meta') or {}
+    # 0.x files carry CLASSES and PALETTE, 1.x ones dataset_meta
+    own = meta.get('dataset_meta') or dict(classes=meta.get('CLASSES'),
+                                           palette=meta.get('PALETTE'))
+    classes, palette = own.get('classes') or (), own.get('palette')
     num_classes = model.decode_head.num_classes
     colours = 0 if palette is None else len(palette)
     if not len(classes) == colours == num_classes:
         raise CheckpointError(
-            f'{source}: {origin} has {len(classes)} class names and '
-            f'{colours} colours for the {num_classes} classes of the model')
+            f"{source}: the checkpoint's meta data has {len(classes)} class "
+            f'names and {colours} colours for the {num_classes} classes of '
+            'the model')
     # plain values: weights-only loading reads them without an allow-list
     own = dict(classes=tuple(str(c) for c in classes),
                palette=[[int(c) for c in rgb] for rgb in palette])
     meta = dict(dataset_meta=own, mmseg_version=mmseg.__version__, cfg=text)
-    return dict(meta=meta, state_dict=weights), origin
+    return dict(meta=meta, state_dict=weights)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -89,14 +77,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     try:
         cfg = load_config(args.config)
         checkpoint = load_checkpoint_file(src, trust=args.trust_checkpoint)
-        converted, origin = convert(checkpoint, cfg, src)
+        converted = convert(checkpoint, cfg, src)
     except (CheckpointError, OSError) as error:  # OSError: the config
         fail(str(error))
     save_checkpoint_file(converted, dst)
     classes = converted['meta']['dataset_meta']['classes']
     print(f'{src}: {len(converted["state_dict"])} tensors load strictly '
-          f'into the model of {args.config}; {len(classes)} classes from '
-          f'{origin} ({", ".join(classes[:3])}, ...); wrote {dst}')
+          f'into the model of {args.config}; {len(classes)} classes '
+          f'({", ".join(classes[:3])}, ...); wrote {dst}')
     return converted
 
 
