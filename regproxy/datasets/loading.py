@@ -15,9 +15,8 @@ from mmseg.registry import TRANSFORMS
 from PIL import Image
 
 __all__ = [
-    'CheckedLoadImageFromFile', 'CheckedLoadAnnotations', 'exif_orientation',
-    'is_truncated', 'size_mismatch_hint', 'to_class_ids',
-    'use_checked_loaders', 'unturned_flag'
+    'CheckedLoadImageFromFile', 'CheckedLoadAnnotations',
+    'use_checked_loaders'
 ]
 
 _JPEG_START, _JPEG_END = b'\xff\xd8', b'\xff\xd9'
@@ -32,31 +31,6 @@ def unturned_flag(flag: str, backend: Optional[str]) -> str:
     if backend in ('cv2', 'pillow') and flag in ('color', 'grayscale'):
         return f'{flag}_ignore_orientation'
     return flag
-
-
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation tag of an image file's ``data``: 1 (as stored)
-    when absent or unparsable, 2-4 mirror or turn by 180 degrees, 5-8 turn
-    by 90 degrees (height and width swap)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return int(image.getexif().get(0x0112, 1))  # the orientation tag
-    except (OSError, SyntaxError, ValueError, TypeError):
-        return 1
-
-
-def size_mismatch_hint(data: bytes, image_shape: Sequence[int],
-                       label_shape: Sequence[int]) -> str:
-    """For a size-mismatch message: a sentence on the EXIF tag of an image
-    (file content ``data``, (H, W) ``image_shape`` as stored) whose label map
-    has its sides swapped; '' otherwise."""
-    orientation = exif_orientation(data)
-    if orientation < 5 or tuple(label_shape) != tuple(image_shape)[::-1]:
-        return ''
-    return (f' The image has EXIF orientation {orientation} (turned by 90 '
-            'degrees when shown) and is read as stored, the tag ignored: '
-            'the label map looks drawn on the turned image. Save the image '
-            'turned (PIL ImageOps.exif_transpose) without the tag.')
 
 
 def is_truncated(data: bytes) -> bool:
@@ -96,14 +70,10 @@ def to_class_ids(labels: np.ndarray,
     return ids
 
 
-def _unreadable(kind: str, path: str, error: Optional[Exception],
-                skip: bool) -> None:
+def _unreadable(kind: str, path: str, error: Exception, skip: bool) -> None:
     """Raise an error naming ``path`` or, when ``skip``, warn and return
-    None, which makes mmengine's dataset draw another sample. ``error`` is
-    None where the decoder returned nothing."""
-    cause = ('not a decodable image' if error is None else
-             f'{type(error).__name__}: {error}')
-    message = f'cannot read {kind} {path}: {cause}'
+    None, which makes mmengine's dataset draw another sample."""
+    message = f'cannot read {kind} {path}: {type(error).__name__}: {error}'
     if not skip:
         raise OSError(message) from error
     print_log(f'{message}; skipped (ignore_empty=True)', 'current',
@@ -129,10 +99,10 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
                 data,
                 flag=unturned_flag(self.color_type, self.imdecode_backend),
                 backend=self.imdecode_backend)
+            if img is None:
+                raise OSError('not a decodable image')
         except Exception as error:  # any decoder, any file backend
             return _unreadable('image', path, error, self.ignore_empty)
-        if img is None:
-            return _unreadable('image', path, None, self.ignore_empty)
         if self.to_float32:
             img = img.astype(np.float32)
         results.update(img=img, img_shape=img.shape[:2],
@@ -178,22 +148,24 @@ class CheckedLoadAnnotations(LoadAnnotations):
         try:
             labels = mmcv.imfrombytes(
                 fileio.get(path, backend_args=self.backend_args),
-                flag='unchanged',
-                backend=self.imdecode_backend)
+                flag='unchanged', backend=self.imdecode_backend)
+            if labels is None:
+                raise OSError('not a decodable image')
         except Exception as error:
             return _unreadable('label map', path, error, self.ignore_empty)
-        if labels is None:
-            return _unreadable('label map', path, None, self.ignore_empty)
         image_shape = results.get('ori_shape')
         if image_shape is not None and tuple(labels.shape[:2]) != tuple(
                 image_shape):
-            image_path = results.get('img_path')
-            hint = '' if image_path is None else size_mismatch_hint(
-                fileio.get(image_path, backend_args=self.backend_args),
-                image_shape, labels.shape[:2])
+            # images are read as stored, their EXIF orientation tag ignored
+            hint = (' Its sides are swapped: if the image has an EXIF '
+                    'orientation tag, the label map was drawn on the turned '
+                    'image; save the image turned (PIL '
+                    'ImageOps.exif_transpose) without the tag.'
+                    if tuple(labels.shape[:2]) == tuple(image_shape)[::-1]
+                    else '')
             raise ValueError(
                 f'label map {path} is {labels.shape[0]}x{labels.shape[1]} '
-                f'but its image {image_path} is '
+                f'but its image {results.get("img_path")} is '
                 f'{image_shape[0]}x{image_shape[1]}: they must have the '
                 f'same size.{hint}')
         results['gt_seg_map'] = self._checked_labels(labels, path, results)

@@ -258,12 +258,14 @@ def test_exif_orientation_is_ignored_so_labels_stay_aligned(
         results)['gt_seg_map'].shape == (128, 160)
 
 
-def test_label_map_drawn_on_the_turned_image_gets_an_exif_hint(tmp_path):
+def test_label_map_with_the_images_sides_swapped_gets_an_exif_hint(
+        tmp_path):
     image = _tagged_jpeg(tmp_path / 'a.jpg')
     labels = _write(tmp_path / 'a.png', np.zeros((160, 128), np.uint8))
     results = CheckedLoadImageFromFile()(dict(img_path=str(image)))
     results.update(seg_map_path=str(labels), reduce_zero_label=False,
                    seg_fields=[])
     with pytest.raises(ValueError, match=r'is 160x128 but its image .* is '
-                       r'128x160: .*EXIF orientation 6 .*exif_transpose'):
+                       r'128x160: .*sides are swapped: .*EXIF orientation '
+                       r'tag, .*exif_transpose'):
         CheckedLoadAnnotations(num_classes=8)(results)
