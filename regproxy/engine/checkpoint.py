@@ -17,8 +17,7 @@ from ..models.utils.safe_checkpoint_loader import (DDP_PREFIX,
 from .unwrap_model import unwrap_model
 
 __all__ = [
-    'save_checkpoint_file', 'refuse_imagenet_vit', 'load_weights',
-    'load_segmentor_checkpoint'
+    'save_checkpoint_file', 'load_weights', 'load_segmentor_checkpoint'
 ]
 
 CONVERTER = 'tools/model_converters/vit2regproxy.py'
@@ -52,19 +51,6 @@ def save_checkpoint_file(obj: dict, filename: Union[str, Path]) -> List[str]:
     return [k for k in obj if k != 'state_dict'] if tensors is not obj else []
 
 
-def refuse_imagenet_vit(checkpoint: dict, source: str) -> None:
-    """Raise a CheckpointError pointing to the converter when
-    ``checkpoint`` holds ImageNet ViT weights (timm/DeiT names) rather than
-    a segmentor."""
-    if is_timm_vit(unwrap_state_dict(checkpoint)) and not any(
-            k.startswith('decode_head.')
-            for k in checkpoint.get('state_dict', checkpoint)):
-        raise CheckpointError(
-            f'{source} holds ImageNet ViT weights (timm/DeiT names), not a '
-            f'segmentor checkpoint: set it as model.backbone.pretrained, or '
-            f'convert it with python {CONVERTER} {source} OUT --config CONFIG')
-
-
 def load_weights(model: nn.Module,
                  checkpoint: dict,
                  source: str,
@@ -78,24 +64,30 @@ def load_weights(model: nn.Module,
         model (nn.Module): the model, wrappers followed (:func:`unwrap_model`).
         checkpoint (dict): as read by :func:`load_checkpoint_file`.
         source (str): the file, for the messages.
-        strict (bool): refuse a checkpoint that does not fit before anything
-            is loaded, naming the keys and shapes; else load the matching
-            tensors and let mmengine log the rest. Default: True.
+        strict (bool): refuse a checkpoint that does not fit, naming the keys
+            and shapes; else load the matching tensors and let mmengine log
+            the rest. Default: True.
         revise_keys: mmengine's ``(pattern, replacement)`` key rewrites.
             Default: DDP's ``module.`` removed.
         logger: where mmengine's mismatch warning goes.
 
     Raises:
-        CheckpointError: not a dict, ImageNet ViT weights (always), or (with
-            ``strict``) keys missing, unexpected or of another shape.
+        CheckpointError: not a dict, ImageNet ViT weights (timm/DeiT names:
+            the message points to the converter), or (with ``strict``) keys
+            missing, unexpected or of another shape.
     """
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f'checkpoint {source} holds a {type(checkpoint).__name__}, '
             'expected a dict with a state_dict')
-    refuse_imagenet_vit(checkpoint, source)
-    weights = revise_state_dict(checkpoint.get('state_dict', checkpoint),
-                                revise_keys)
+    weights = checkpoint.get('state_dict', checkpoint)
+    if is_timm_vit(unwrap_state_dict(checkpoint)) and not any(
+            k.startswith('decode_head.') for k in weights):
+        raise CheckpointError(
+            f'{source} holds ImageNet ViT weights (timm/DeiT names), not a '
+            f'segmentor checkpoint: set it as model.backbone.pretrained, or '
+            f'convert it with python {CONVERTER} {source} OUT --config CONFIG')
+    weights = revise_state_dict(weights, revise_keys)
     model = unwrap_model(model)
     if strict:
         check_state_dict_fits(model, weights, source, STRICT_REMEDY)

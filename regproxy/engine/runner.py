@@ -46,30 +46,19 @@ def find_resumable_checkpoints(work_dir: str) -> List[str]:
 
 
 def _initial_lrs(optim_wrapper) -> List[float]:
-    """The learning rate each parameter group's schedule starts from."""
-    optimizer = getattr(optim_wrapper, 'optimizer', None)
-    if optimizer is None:
-        return []
-    return [g.get('initial_lr', g['lr']) for g in optimizer.param_groups]
+    """The learning rate each parameter group's schedule starts from (none
+    without an optimizer, or for an ``OptimWrapperDict``: a dict of them)."""
+    groups = getattr(optim_wrapper, 'param_groups', [])
+    return [] if isinstance(groups, dict) else [
+        g.get('initial_lr', g['lr']) for g in groups]
 
 
 @RUNNERS.register_module()
 class RegProxyRunner(Runner):
-    """mmengine's Runner with safe, checked checkpoint loading
-    (docs/checkpoints.md, docs/troubleshooting.md).
-
-    - Files are read by :func:`load_checkpoint_file` (weights-only; in full
-      with ``trust_checkpoint = True``); weights holding NaN or inf are
-      refused unless ``allow_non_finite_weights = True``.
-    - A checkpoint that does not fit the model is refused naming the keys
-      and shapes, unless ``load_strict = False``.
-    - ``resume = True`` without ``load_from`` resumes from the newest
-      readable ``iter_N.pth`` of the work dir (:meth:`from_cfg`).
-
-    The order of :meth:`load_checkpoint` is mmengine's: the
-    ``after_load_checkpoint`` hooks see (and may edit) the checkpoint before
-    its weights go into the model.
-    """
+    """mmengine's Runner with safe, checked checkpoint loading: the config
+    keys ``trust_checkpoint``, ``allow_non_finite_weights`` and
+    ``load_strict`` (docs/checkpoints.md), and resuming from the newest
+    readable checkpoint of the work dir (:meth:`from_cfg`)."""
 
     resuming = False  # inside resume()
 
@@ -88,8 +77,8 @@ class RegProxyRunner(Runner):
                         map_location: Union[str, Callable] = 'cpu',
                         strict: Optional[bool] = None,
                         revise_keys: list = [(r'^module\.', '')]) -> dict:
-        """Read ``filename`` safely, let the hooks see it, check that it
-        fits the model and load its weights (:func:`load_weights`).
+        """Read ``filename`` safely, let the ``after_load_checkpoint`` hooks
+        edit it (mmengine's order), then load it (:func:`load_weights`).
 
         Args:
             filename (str): the checkpoint file or URL.
@@ -128,12 +117,9 @@ class RegProxyRunner(Runner):
     @classmethod
     def from_cfg(cls, cfg) -> 'RegProxyRunner':
         """mmengine's, but ``resume = True`` without ``load_from`` takes the
-        newest readable ``iter_N.pth`` of the work dir (unreadable ones are
-        skipped with a warning) and never starts afresh over checkpoints
-        that cannot be read; and an unseeded run that resumes takes the seed
-        of its checkpoint here, as the samplers and dataloader workers are
-        seeded when the runner builds them, before mmengine's resume would
-        restore it.
+        newest readable ``iter_N.pth`` of the work dir (skipping unreadable
+        ones with a warning), and an unseeded run takes its checkpoint's
+        seed here: the samplers are seeded before mmengine's resume.
 
         Raises:
             CheckpointError: none of the work dir's checkpoints can be read.
@@ -210,15 +196,12 @@ class RegProxyRunner(Runner):
                for c, r in zip(configured, resumed)):
             return
         ratios = [c / r if r else 1. for c, r in zip(configured, resumed)]
-        for group, ratio in zip(self.optim_wrapper.optimizer.param_groups,
-                                ratios):
+        for group, ratio in zip(self.optim_wrapper.param_groups, ratios):
             for key in ('lr', 'initial_lr'):
                 if key in group:
                     group[key] *= ratio
-        schedulers = self.param_schedulers or []
-        if isinstance(schedulers, dict):
-            schedulers = [s for group in schedulers.values() for s in group]
-        for scheduler in schedulers:
+        # a list: a dict of schedulers has an OptimWrapperDict (no ratios)
+        for scheduler in self.param_schedulers or []:
             if scheduler.param_name == 'lr':
                 scheduler.base_values = [
                     v * r for v, r in zip(scheduler.base_values, ratios)]
@@ -233,9 +216,8 @@ class RegProxyRunner(Runner):
             return method()
 
     def train(self):
-        """mmengine's training, holding the work dir (:class:`WorkDirLock`,
-        on the main process) and trusting checkpoint files as configured:
-        the backbone's ``pretrained`` file is read inside the set-up."""
+        """mmengine's training, the main process holding the work dir
+        (:class:`WorkDirLock`), checkpoints trusted as configured."""
         if not is_main_process():
             return self._with_trust(super().train)
         with WorkDirLock(self.work_dir):
