@@ -1,7 +1,7 @@
 """Loading segmentor checkpoints into models and writing checkpoint files
 (docs/checkpoints.md)."""
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 from mmengine.fileio import get_file_backend
@@ -27,28 +27,24 @@ STRICT_REMEDY = ('To load the matching part only, set load_strict=False '
                  '(--cfg-options load_strict=False)')
 
 
-def save_checkpoint_file(obj: dict, filename: Union[str, Path]) -> List[str]:
+def save_checkpoint_file(obj: dict, filename: Union[str, Path]) -> None:
     """Write a checkpoint through the ``atomic_local`` backend, never
     leaving a partial file under ``filename``.
 
     A name ending in ``.safetensors`` gets a safetensors file of
-    ``obj['state_dict']`` (or of ``obj`` itself when it has none); any other
-    name mmengine's ``torch.save`` file of ``obj``.
-
-    Returns:
-        list[str]: the entries of ``obj`` that were not written (a
-        safetensors file holds tensors only, e.g. ``meta``).
+    ``obj['state_dict']`` (or of ``obj`` itself when it has none: the
+    format holds tensors only); any other name mmengine's ``torch.save``
+    file of ``obj``.
     """
     if not str(filename).endswith('.safetensors'):
         save_checkpoint(obj, str(filename), backend_args=ATOMIC)
-        return []
-    tensors = obj.get('state_dict', obj)
+        return
     # safetensors refuses tensors that share memory: each gets its own
-    data = safetensors_bytes(
-        {k: v.detach().cpu().clone().contiguous()
-         for k, v in tensors.items()})
+    data = safetensors_bytes({
+        k: v.detach().cpu().clone().contiguous()
+        for k, v in obj.get('state_dict', obj).items()
+    })
     get_file_backend(str(filename), backend_args=ATOMIC).put(data, filename)
-    return [k for k in obj if k != 'state_dict'] if tensors is not obj else []
 
 
 def load_weights(model: nn.Module,

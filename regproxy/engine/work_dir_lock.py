@@ -17,8 +17,7 @@ class WorkDirBusyError(RuntimeError):
 
 
 class WorkDirLock:
-    """One run per folder at a time (training: the work dir; testing: the
-    ``--out`` folder).
+    """One training run per work dir at a time.
 
     The lock is a file in the folder naming the holder's host and process
     id, created atomically (``O_EXCL``). A second run stops with the
@@ -28,20 +27,14 @@ class WorkDirLock:
 
     Args:
         work_dir (str): the folder to lock.
-        what (str): what the folder holds, for the message. Default:
-            "checkpoints" (a training work dir).
-        option (str): the option that chooses another folder. Default:
-            "--work-dir".
     """
 
-    def __init__(self, work_dir: str, what: str = 'checkpoints',
-                 option: str = '--work-dir'):
+    def __init__(self, work_dir: str):
         self.path = osp.join(work_dir, LOCK_NAME)
         self.owner = f'{socket.gethostname()} {os.getpid()}'
-        self.what = what
-        self.option = option
 
     def _holder(self) -> str:
+        """The lock file's text, '' without one."""
         try:
             with open(self.path) as f:
                 return f.read()
@@ -69,8 +62,8 @@ class WorkDirLock:
             raise WorkDirBusyError(
                 f'{osp.dirname(self.path)} is in use by a run on host '
                 f'{host}, process {pid} ({self.path}): two runs would '
-                f"overwrite each other's {self.what}. Use another "
-                f'{self.option}, or, if that run is gone, delete {self.path}')
+                "overwrite each other's checkpoints. Use another "
+                f'--work-dir, or, if that run is gone, delete {self.path}')
         with os.fdopen(fd, 'w') as f:
             f.write(self.owner)
 
