@@ -10,9 +10,8 @@ checks and prints: docs/datasets.md, "Checking a dataset before training".
 import argparse
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
-import numpy as np
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmengine.utils import track_iter_progress
@@ -21,31 +20,12 @@ from mmseg.registry import DATASETS, TRANSFORMS
 from regproxy.datasets import check_data_roots, leaf_datasets
 
 SPLITS = ('train', 'val', 'test')
-IGNORE_INDEX = 255
 
 
-class SplitReport:
-    """The problems and per-class pixel counts of one split whose dataset
-    has the class names ``classes``."""
-
-    def __init__(self, classes: Sequence[str] = ()):
-        self.classes = tuple(classes)
-        self.samples = 0
-        self.problems: List[str] = []
-        self.pixels = np.zeros(256, np.int64)  # per class id, 255: ignored
-
-    def table(self) -> str:
-        """Pixels and their share per class and for the ignore index (of
-        a split with labelled pixels)."""
-        rows = list(enumerate(self.classes)) + [(IGNORE_INDEX, 'ignored')]
-        width = max(len(name) for _, name in rows)
-        total = self.pixels.sum()
-        lines = [f'  {"id":>3}  {"class":<{width}}  {"pixels":>13}  share']
-        for index, name in rows:
-            pixels = self.pixels[index]
-            lines.append(f'  {index:>3}  {name:<{width}}  {pixels:>13,}  '
-                         f'{100 * pixels / total:6.2f}%')
-        return '\n'.join(lines)
+class SplitReport(NamedTuple):
+    """The number of samples of one split and its problems."""
+    samples: int
+    problems: List[str]
 
 
 def check_split(split: str, cfg: Config) -> SplitReport:
@@ -64,25 +44,18 @@ def check_split(split: str, cfg: Config) -> SplitReport:
         load_labels = TRANSFORMS.build(
             dict(type='CheckedLoadAnnotations', num_classes=len(classes)))
     except Exception as error:  # any dataset class, any file backend
-        report = SplitReport()
-        report.problems.append(f'{split}: cannot list its samples: '
-                               f'{type(error).__name__}: {error}')
-        return report
-    report = SplitReport(classes)
+        return SplitReport(0, [f'{split}: cannot list its samples: '
+                               f'{type(error).__name__}: {error}'])
+    report = SplitReport(sum(map(len, datasets)), [])
     for dataset in datasets:
         print(f'{split}: {type(dataset).__name__} at {dataset.data_root}, '
               f'{len(dataset)} samples, reduce_zero_label='
               f'{dataset.reduce_zero_label}')
         for index in track_iter_progress(range(len(dataset))):
-            report.samples += 1
             try:
-                results = load_labels(load_image(dataset.get_data_info(index)))
+                load_labels(load_image(dataset.get_data_info(index)))
             except Exception as error:  # the loaders' errors name the file
                 report.problems.append(f'{split}: {error}')
-            else:
-                if 'gt_seg_map' in results:  # None for unlabelled test sets
-                    report.pixels += np.bincount(
-                        results['gt_seg_map'].ravel(), minlength=256)
     return report
 
 
@@ -110,8 +83,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, SplitReport]:
     for split, report in reports.items():
         print(f'\n{split}: {report.samples} samples, '
               f'{len(report.problems)} problem(s)')
-        if report.pixels.any():
-            print(report.table())
     problems = [p for report in reports.values() for p in report.problems]
     if problems:
         print(f'\n{len(problems)} problem(s):', *problems, sep='\n  ')
