@@ -1,10 +1,11 @@
+import contextlib
 import copy
 import logging
 import math
 import os
 import os.path as osp
 import re
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, Iterator, List, Optional, Union
 
 import torch.nn as nn
 from mmengine.device import get_device
@@ -45,6 +46,17 @@ def find_resumable_checkpoints(work_dir: str) -> List[str]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
+@contextlib.contextmanager
+def _checkpoint_policy(cfg) -> Iterator[None]:
+    """Inside, checkpoint files are read in full and may hold NaN or inf
+    weights as the config's ``trust_checkpoint`` and
+    ``allow_non_finite_weights`` say (both default False)."""
+    with trusted_checkpoints(bool(cfg.get('trust_checkpoint', False))), \
+            non_finite_weights_allowed(
+                bool(cfg.get('allow_non_finite_weights', False))):
+        yield
+
+
 def _initial_lrs(optim_wrapper) -> List[float]:
     """The learning rate each parameter group's schedule starts from (none
     without an optimizer, or for an ``OptimWrapperDict``: a dict of them)."""
@@ -61,16 +73,6 @@ class RegProxyRunner(Runner):
     readable checkpoint of the work dir (:meth:`from_cfg`)."""
 
     resuming = False  # inside resume()
-
-    @property
-    def trust_checkpoint(self) -> bool:
-        """Read checkpoint files in full (config key, default False)."""
-        return bool(self.cfg.get('trust_checkpoint', False))
-
-    @property
-    def allow_non_finite_weights(self) -> bool:
-        """Load weights holding NaN or inf (config key, default False)."""
-        return bool(self.cfg.get('allow_non_finite_weights', False))
 
     def load_checkpoint(self,
                         filename: str,
@@ -91,16 +93,15 @@ class RegProxyRunner(Runner):
         Returns:
             dict: the checkpoint.
         """
-        checkpoint = load_checkpoint_file(
-            filename, map_location, trust=self.trust_checkpoint,
-            allow_non_finite=self.allow_non_finite_weights)
+        with _checkpoint_policy(self.cfg):
+            checkpoint = load_checkpoint_file(filename, map_location)
         if self.resuming and 'message_hub' not in checkpoint:
             raise CheckpointError(
                 f'cannot resume from {filename}: it holds weights but no '
                 'training state (an mmseg 0.x or converted checkpoint); use '
                 '--load-from to start training from its weights')
         meta = checkpoint.get('meta')
-        if isinstance(meta, dict) and not self.trust_checkpoint:
+        if isinstance(meta, dict) and not self.cfg.get('trust_checkpoint'):
             # mmengine's resume would run this 0.x config text as Python
             meta.pop('config', None)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
@@ -132,10 +133,8 @@ class RegProxyRunner(Runner):
             cfg.work_dir)
         for path in candidates:
             try:
-                meta = load_checkpoint_file(
-                    path, trust=cfg.get('trust_checkpoint', False),
-                    allow_non_finite=cfg.get('allow_non_finite_weights',
-                                             False)).get('meta', {})
+                with _checkpoint_policy(cfg):
+                    meta = load_checkpoint_file(path).get('meta', {})
             except CheckpointError as error:
                 if not given and 'cannot read' in str(error):
                     print_log(f'Skipped for resuming: {error}', 'current',
@@ -210,21 +209,19 @@ class RegProxyRunner(Runner):
             f"{max(configured):g} in the config: the config's wins (the "
             'resumed schedule is scaled to it)')
 
-    def _with_trust(self, method: Callable):
-        with trusted_checkpoints(self.trust_checkpoint), \
-                non_finite_weights_allowed(self.allow_non_finite_weights):
-            return method()
-
     def train(self):
         """mmengine's training, the main process holding the work dir
-        (:class:`WorkDirLock`), checkpoints trusted as configured."""
-        if not is_main_process():
-            return self._with_trust(super().train)
-        with WorkDirLock(self.work_dir):
-            return self._with_trust(super().train)
+        (:class:`WorkDirLock`); checkpoint files (the backbone's
+        ``pretrained`` too) are read as the config says."""
+        lock = (WorkDirLock(self.work_dir)
+                if is_main_process() else contextlib.nullcontext())
+        with lock, _checkpoint_policy(self.cfg):
+            return super().train()
 
     def val(self):
-        return self._with_trust(super().val)
+        with _checkpoint_policy(self.cfg):
+            return super().val()
 
     def test(self):
-        return self._with_trust(super().test)
+        with _checkpoint_policy(self.cfg):
+            return super().test()
