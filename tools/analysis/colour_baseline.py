@@ -1,11 +1,11 @@
 """How far a per-pixel colour lookup gets on a config's dataset.
 
-    python tools/analysis/colour_baseline.py CONFIG [--levels 16]
-        [--cfg-options KEY=VALUE ...]
+    python tools/analysis/colour_baseline.py CONFIG [--cfg-options KEY=VALUE]
 
 Each validation pixel gets the most frequent training class of its colour
-(an unseen colour: the most frequent class), scored by mmseg's IoUMetric: a
-high mIoU means colour alone tells the classes apart.
+(:data:`LEVELS` levels per channel; an unseen colour: the most frequent
+class), scored by mmseg's IoUMetric: a high mIoU means colour alone tells
+the classes apart.
 """
 import argparse
 import sys
@@ -21,6 +21,7 @@ from mmseg.registry import DATASETS
 from regproxy.datasets import leaf_datasets
 
 IGNORE_INDEX = 255
+LEVELS = 16  # per RGB channel: 4,096 colours
 
 
 def colour_index(image: np.ndarray, levels: int) -> np.ndarray:
@@ -88,14 +89,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     return the metrics."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='config file')
-    parser.add_argument('--levels', type=int, default=16,
-                        help='levels per RGB channel (default: 16)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. '
                         'train_dataloader.dataset.data_root=PATH')
     args = parser.parse_args(argv)
-    if not 1 <= args.levels <= 256:
-        parser.error(f'--levels must be in [1, 256], got {args.levels}')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -103,9 +100,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     train = build_datasets(cfg, 'train_dataloader')
     val = build_datasets(cfg, 'val_dataloader')
     table = fit_colour_lookup(train, len(train[0].metainfo['classes']),
-                              args.levels)
-    metrics = score_colour_lookup(val, table, args.levels)
-    print(f'colour lookup ({args.levels} levels per RGB channel, fit on '
+                              LEVELS)
+    metrics = score_colour_lookup(val, table, LEVELS)
+    print(f'colour lookup ({LEVELS} levels per RGB channel, fit on '
           f'{sum(map(len, train))} training images, scored on '
           f'{sum(map(len, val))} validation images): mIoU '
           f'{metrics["mIoU"]:.2f}, aAcc {metrics["aAcc"]:.2f}')
