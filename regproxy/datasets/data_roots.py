@@ -26,13 +26,11 @@ def leaf_datasets(dataset: dict) -> Iterator[dict]:
 
 def check_data_roots(cfg: Config, loaders: Sequence[str]) -> None:
     """Raise a ``FileNotFoundError`` naming the path and pointing to the
-    preparation steps when a dataset of the ``loaders`` (e.g.
-    ``('train_dataloader', 'val_dataloader')``) of ``cfg`` is missing.
-
-    Checks ``data_root``, the image and label folders and ``ann_file`` of
-    every dataset, and that the folders hold files of the dataset's
-    suffixes. A missing ``data_root`` is fine where the dataset generates it
-    (:func:`generates_data_at`); remote paths (``s3://...``) are skipped.
+    preparation steps when the data of a dataset of the ``loaders`` (e.g.
+    ``('train_dataloader', )``) of ``cfg`` is missing: ``data_root``, the
+    image and label folders, ``ann_file``, or files of its suffixes. Remote
+    paths (``s3://...``) and a root the dataset generates
+    (:func:`generates_data_at`) are skipped.
     """
     for loader in loaders:
         if not cfg.get(loader):
@@ -59,17 +57,15 @@ def check_data_roots(cfg: Config, loaders: Sequence[str]) -> None:
 def generates_data_at(dataset_cls: Optional[type],
                       data_root: Optional[str]) -> bool:
     """Whether ``dataset_cls`` creates its files at ``data_root`` on first
-    use: its ``generated_root`` attribute names the one folder where it does
-    (relative to the working directory), so that a mistyped ``data_root``
-    is a missing-data error rather than a fresh dataset."""
+    use: its ``generated_root`` names the one folder (relative to the
+    working directory) where it does, so a mistyped root stays an error."""
     generated = getattr(dataset_cls, 'generated_root', None)
     return bool(generated and data_root) and (
         osp.abspath(data_root) == osp.abspath(generated))
 
 
 def _missing_data(dataset: dict, cls: Optional[type]) -> Optional[str]:
-    """What is missing for ``dataset`` (a config dict of class ``cls``),
-    or None."""
+    """What is missing for config ``dataset`` of class ``cls``, or None."""
     root = dataset.get('data_root') or ''
     if generates_data_at(cls, root) and not osp.exists(root):
         return None  # written on first use

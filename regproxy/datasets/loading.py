@@ -35,10 +35,9 @@ def unturned_flag(flag: str, backend: Optional[str]) -> str:
 
 def is_truncated(data: bytes) -> bool:
     """Whether a JPEG or PNG file's ``data`` stops before its end marker
-    (cv2 decodes the missing part as grey, silently). Only a file without
-    the marker is decoded in full, by Pillow, which tells a cut file from
-    one with bytes after the marker; other formats are left to their
-    decoder."""
+    (cv2 decodes the missing part as grey, silently); only a file without
+    the marker is decoded, by Pillow, to tell a cut file from one with bytes
+    after the marker."""
     if data.startswith(_JPEG_START):
         complete = data.rstrip(b'\x00\r\n ').endswith(_JPEG_END)
     else:  # a PNG, or another format: left to its decoder
@@ -83,10 +82,9 @@ def _unreadable(kind: str, path: str, error: Exception, skip: bool) -> None:
 @TRANSFORMS.register_module()
 class CheckedLoadImageFromFile(LoadImageFromFile):
     """``LoadImageFromFile`` whose errors name the file, reading images as
-    stored (EXIF orientation ignored) and cut JPEGs/PNGs as unreadable.
-    With its ``ignore_empty=True`` an unreadable file is skipped with a
-    warning (training only: mmengine's dataset then draws another sample).
-    """
+    stored (EXIF orientation ignored) and cut JPEGs/PNGs as unreadable; its
+    ``ignore_empty=True`` skips such a file with a warning (mmengine's
+    dataset then draws another sample)."""
 
     def transform(self, results: dict) -> Optional[dict]:
         path = results['img_path']

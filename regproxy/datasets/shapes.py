@@ -320,20 +320,16 @@ def generate_shapes_dataset(root: str,
 
 @DATASETS.register_module()
 class ShapesDataset(BaseSegDataset):
-    """The synthetic shapes dataset (8 classes, background included).
-
-    A missing ``data_root`` is generated on first use when it is
-    :data:`DEFAULT_ROOT`; anywhere else it is the usual missing-data error,
-    so that a mistyped path gets no fresh dataset. Distributed ranks may all
-    generate it: the atomic rename keeps one copy. ``BaseSegDataset``'s
-    defaults fit ('.jpg' images, '.png' labels, background is a class).
+    """The synthetic shapes dataset (8 classes, background included),
+    generated on first use at :data:`DEFAULT_ROOT` only (elsewhere, a
+    mistyped path is a missing-data error); distributed ranks may all
+    generate it, the atomic rename keeps one copy.
     """
     METAINFO = dict(classes=CLASSES, palette=PALETTE)
     generated_root = DEFAULT_ROOT  # read by check_data_roots
 
     def load_data_list(self) -> list:
-        """Generate missing data at the default root, then list it as mmseg
-        does."""
+        """Generate missing data at the default root; list it as mmseg."""
         root = self.data_root
         if root and not osp.isdir(root) and generates_data_at(
                 type(self), root):

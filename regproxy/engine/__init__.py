@@ -20,8 +20,7 @@ __all__ = [
     'CheckpointError', 'LabelChecksHook', 'load_checkpoint_file',
     'load_segmentor_checkpoint', 'load_weights', 'save_checkpoint_file',
     'trusted_checkpoints', 'non_finite_weights_allowed', 'NonFiniteLossHook',
-    'RNGStateHook',
-    'RegProxyRunner', 'find_resumable_checkpoints',
-    'unwrap_model', 'WeightsOnlyCheckpointHook',
-    'WorkDirBusyError', 'WorkDirLock'
+    'RNGStateHook', 'RegProxyRunner', 'find_resumable_checkpoints',
+    'unwrap_model', 'WeightsOnlyCheckpointHook', 'WorkDirBusyError',
+    'WorkDirLock'
 ]

@@ -12,13 +12,11 @@ class AccumulatingTrainLoop(IterBasedTrainLoop):
     """``IterBasedTrainLoop`` whose iteration is one optimizer step over the
     ``accumulative_counts`` (K) micro-batches of the optimizer wrapper.
 
-    mmengine's ``OptimWrapper(accumulative_counts=K)`` sums the gradients of
-    K ``update_params`` calls and steps once, but its loop counts
-    micro-batches. Here one iteration takes K batches, so ``max_iters``, the
-    hooks' intervals, the parameter schedulers and the logged iteration
-    count optimizer steps, and a resumed run skips iteration x K batches
-    (docs/fewer_gpus.md). The hooks' ``data_batch`` is the tuple of the K
-    batches, their ``outputs`` the means of the K log variables.
+    mmengine's loop counts micro-batches; here ``max_iters``, the hooks'
+    intervals, the schedulers and the log count optimizer steps, and a
+    resumed run skips iteration x K batches (docs/fewer_gpus.md). The hooks'
+    ``data_batch`` is the tuple of the K batches, their ``outputs`` the means
+    of the K log variables.
     """
 
     def run(self) -> torch.nn.Module:

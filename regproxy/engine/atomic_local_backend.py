@@ -34,19 +34,14 @@ def _remove_stale_temp_files(folder: Path) -> None:
 
 
 class AtomicLocalBackend(LocalBackend):
-    """mmengine's local file backend with atomic writes.
+    """mmengine's local file backend with atomic writes, registered as
+    ``atomic_local`` (mmengine's ``local`` is left as it is).
 
-    Each file goes to a temporary file beside the target and is renamed into
-    place once complete, so a run killed mid-write keeps the previous good
-    checkpoint instead of leaving a truncated one under the final name; the
-    temporary file of a killed writer (``.NAME.PID.XXXXXXXX.tmp``) is
-    removed when the next write to its folder starts. As a plain write
-    would, it writes through a symbolic link to its target, keeps an
-    existing file's permissions and gives a new file the umask's.
-
-    Registered under its own name: configs select it for checkpoints with
-    ``default_hooks.checkpoint.backend_args = dict(backend='atomic_local')``;
-    mmengine's ``local`` backend is left as it is.
+    Each file goes to a temporary file beside the target, renamed into place
+    once complete: a run killed mid-write keeps the previous checkpoint, and
+    its temporary file (``.NAME.PID.XXXXXXXX.tmp``) goes at the next write
+    to the folder. As a plain write, it follows a symbolic link and keeps an
+    existing file's permissions (a new file gets the umask's).
     """
 
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:

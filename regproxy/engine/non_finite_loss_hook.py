@@ -36,8 +36,7 @@ class NonFiniteLossHook(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
         loss = (outputs or {}).get('loss')
-        value = None if loss is None else float(loss.detach())
-        if value is None or math.isfinite(value):
+        if loss is None or math.isfinite(value := float(loss.detach())):
             return
         raise FloatingPointError(
             f'loss is {value} at iteration {runner.iter + 1}: training '

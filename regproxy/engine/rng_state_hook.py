@@ -10,15 +10,11 @@ __all__ = ['RNGStateHook']
 
 @HOOKS.register_module()
 class RNGStateHook(Hook):
-    """Save the main process's random states in checkpoints and restore them
-    on resume, so a resumed run draws the same drop-path masks (and any other
-    main-process randomness) as an uninterrupted one.
-
-    mmengine's resume only re-seeds, which restarts the generators from the
-    seed. The states are stored as tensors and Python numbers, which load
-    with ``torch.load(weights_only=True)``. Data augmentation runs in
-    dataloader workers, which the loop's skip over finished iterations
-    replays.
+    """Save the main process's random states in checkpoints (as tensors
+    and numbers, read weights-only) and restore them on resume, so a resumed
+    run draws the same drop-path masks as an uninterrupted one: mmengine's
+    resume only re-seeds. (Augmentation runs in the dataloader workers,
+    which the loop's skip over finished iterations replays.)
     """
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

@@ -36,13 +36,9 @@ def find_resumable_checkpoints(work_dir: str) -> List[str]:
     absolute path, which is stale in a work dir that was copied or whose
     ``last_checkpoint`` was lost.
     """
-    if not osp.isdir(work_dir):
-        return []
-    found = []
-    for name in os.listdir(work_dir):
-        match = _CHECKPOINT_NAME.match(name)
-        if match:
-            found.append((int(match.group(1)), osp.join(work_dir, name)))
+    names = os.listdir(work_dir) if osp.isdir(work_dir) else []
+    found = [(int(match.group(1)), osp.join(work_dir, name))
+             for name in names if (match := _CHECKPOINT_NAME.match(name))]
     return [path for _, path in sorted(found, reverse=True)]
 
 

@@ -36,13 +36,10 @@ def _plain(value: Any) -> Any:
 @HOOKS.register_module()
 class WeightsOnlyCheckpointHook(Hook):
     """Write checkpoints that ``torch.load(weights_only=True)`` reads with
-    no allow-list, so mmseg's ``init_model`` and other tools read them.
-
-    mmengine's checkpoints hold its message hub's ``HistoryBuffer`` objects
-    and numpy values, which torch's safe loader refuses. Before a checkpoint
-    is saved (lowest priority: after every other hook added its part) they
-    become tensors and numbers; after one is loaded the HistoryBuffers are
-    rebuilt, so resuming is unchanged.
+    no allow-list (mmseg's ``init_model`` and other tools too): the message
+    hub's ``HistoryBuffer`` objects and numpy values become tensors and
+    numbers before saving (lowest priority: after every other hook) and the
+    buffers are rebuilt after loading, so resuming is unchanged.
     """
 
     priority = 'LOWEST'
