@@ -19,6 +19,7 @@ from mmseg.evaluation import IoUMetric
 from mmseg.registry import DATASETS
 
 from regproxy.datasets import leaf_datasets
+from regproxy.utils import load_config
 
 IGNORE_INDEX = 255
 LEVELS = 16  # per RGB channel: 4,096 colours
@@ -93,9 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
                         help='override config entries, e.g. '
                         'train_dataloader.dataset.data_root=PATH')
     args = parser.parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     train = build_datasets(cfg, 'train_dataloader')
     val = build_datasets(cfg, 'val_dataloader')

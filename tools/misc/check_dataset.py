@@ -18,6 +18,7 @@ from mmengine.utils import track_iter_progress
 from mmseg.registry import DATASETS, TRANSFORMS
 
 from regproxy.datasets import check_data_roots, leaf_datasets
+from regproxy.utils import load_config
 
 SPLITS = ('train', 'val', 'test')
 
@@ -74,9 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, SplitReport]:
     args = parser.parse_args(argv)
     if not os.path.isfile(args.config):
         sys.exit(f'error: config {args.config} does not exist')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
 
     reports = {split: check_split(split, cfg) for split in args.split}
