@@ -11,7 +11,6 @@ docs/frozen_backbones.md).
 import argparse
 import inspect
 import os
-import platform
 import runpy
 import statistics
 import subprocess
@@ -328,20 +327,20 @@ def print_comparison(results: List[dict]) -> None:
 
 def machine(device: torch.device) -> str:
     """The CPU's model name and which of :data:`CPU_FLAGS` it has, from
-    Linux's /proc/cpuinfo (torch 2.12 has no public query), the GPU, the
-    torch version and the threads it runs."""
+    Linux's /proc/cpuinfo (torch 2.12 has no public query; the memory
+    workers read /proc too), the GPU, the torch version and the threads it
+    runs."""
     fields = {}
-    if os.path.exists('/proc/cpuinfo'):
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                fields.setdefault(key.strip(), value.strip())
+    with open('/proc/cpuinfo') as f:
+        for line in f:
+            key, _, value = line.partition(':')
+            fields.setdefault(key.strip(), value.strip())
     flags = fields.get('flags', '').split()
     has = ', '.join(f'{flag} {"yes" if flag in flags else "no"}'
-                    for flag in CPU_FLAGS) if flags else 'flags unknown'
+                    for flag in CPU_FLAGS)
     gpu = (f', GPU: {torch.cuda.get_device_name(device)}'
            if device.type == 'cuda' else '')
-    return (f'CPU: {fields.get("model name", platform.processor())} ({has})'
+    return (f'CPU: {fields.get("model name", "unknown")} ({has})'
             f'{gpu}, torch {torch.__version__}, '
             f'{torch.get_num_threads()} threads')
 
