@@ -5,8 +5,7 @@
 
 The graph (opset 17) maps normalised ``img`` (B, 3, H, W) to the ``logits``
 (B, K, H, W) of ``encode_decode``; onnxruntime's must stay within RTOL of
-PyTorch's,
-relative to the largest logit. See docs/speed.md#onnx-export.
+PyTorch's, relative to the largest logit. See docs/speed.md#onnx-export.
 """
 import argparse
 from typing import Optional, Sequence, Tuple
