@@ -18,8 +18,7 @@ try:  # a broken install gets a diagnosis instead of a traceback
     from regproxy.utils import (add_common_args, build_runner,
                                 end_process_group, fail, launcher_world_size,
                                 load_script_config, parse_with_paths,
-                                plan_total_batch, positive_int, registered,
-                                setup_launcher)
+                                plan_total_batch, positive_int, setup_launcher)
 except ImportError as error:
     sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
                                 'check_env.py'))['stack_import_hint'](error))
@@ -55,7 +54,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--amp',
         action='store_true',
         help='mixed precision: float16 with dynamic loss scaling on CUDA, '
-        'bfloat16 on the CPU')
+        'bfloat16 on the CPU (slow without bfloat16 instructions)')
     parser.add_argument(
         '--accumulate',
         type=_accumulate,
@@ -97,8 +96,8 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
         notes.append(enable_amp(cfg))
     if args.with_cp:
         backbone = cfg.model.backbone
-        if 'with_cp' not in inspect.signature(
-                registered(backbone.type, MODELS)).parameters:
+        if 'with_cp' not in inspect.signature(MODELS.get(
+                backbone.type)).parameters:
             fail(f'--with-cp: the backbone {backbone.type} has no with_cp '
                  'argument')
         backbone.with_cp = True
@@ -125,26 +124,6 @@ def enable_amp(cfg: Config) -> str:
     return 'AMP without CUDA: bfloat16 autocast, no loss scaling.'
 
 
-def cpu_has_bf16() -> bool:
-    """Whether /proc/cpuinfo lists bfloat16 instructions (AVX512-BF16 or
-    AMX; torch 2.12 has no public query); True where it cannot be told."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            return bool({'avx512_bf16', 'amx_bf16'} & set(f.read().split()))
-    except OSError:
-        return True
-
-
-def amp_warning() -> Optional[str]:
-    """Why ``--amp`` slows training down on this machine, if it does."""
-    if not torch.cuda.is_available() and not cpu_has_bf16():
-        return ('--amp on a CPU without bfloat16 instructions (AVX512-BF16 '
-                'or AMX): torch emulates bfloat16, and a training step is '
-                'about 8.5x slower than in float32 (measured on a 2-core AMD '
-                'EPYC). Train without --amp here.')
-    return None
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Train as the command line ``argv`` says."""
     args = parse_args(argv)
@@ -158,8 +137,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         fail(str(err))
     use_checked_loaders(cfg, ('val_dataloader', ))
     notes += setup_launcher(cfg, args.launcher)
-    if args.amp and amp_warning():
-        warnings.append(amp_warning())
     try:  # the runner looks for a readable checkpoint to resume from
         build_runner(cfg, notes + batch_notes, warnings).train()
     except (CheckpointError, WorkDirBusyError) as err:

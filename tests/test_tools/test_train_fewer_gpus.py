@@ -146,14 +146,6 @@ def test_accumulate_takes_auto_or_a_whole_number(value):
                                     '4']).accumulate == 4
 
 
-def test_amp_warns_on_a_cpu_without_bf16(monkeypatch):
-    monkeypatch.setattr(train_script.torch.cuda, 'is_available', lambda: False)
-    monkeypatch.setattr(train_script, 'cpu_has_bf16', lambda: False)
-    assert 'about 8.5x slower than in float32' in train_script.amp_warning()
-    monkeypatch.setattr(train_script, 'cpu_has_bf16', lambda: True)
-    assert train_script.amp_warning() is None
-
-
 # One process ---------------------------------------------------------------
 
 
