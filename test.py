@@ -13,15 +13,14 @@ try:  # a broken install gets a diagnosis instead of a traceback
     from mmengine.config import Config
     from mmengine.device import get_device
     from mmseg.datasets import CityscapesDataset
-    from mmseg.registry import DATASETS, MODELS
+    from mmseg.registry import DATASETS
 
     from regproxy.datasets import (check_data_roots, leaf_datasets,
                                    use_checked_loaders)
     from regproxy.engine import CheckpointError, unwrap_model
-    from regproxy.models import PaddedSlideEncoderDecoder
     from regproxy.utils import (DTYPES, add_common_args, build_runner,
                                 end_process_group, fail, load_script_config,
-                                parse_with_paths, registered, setup_launcher)
+                                parse_with_paths, setup_launcher)
 except ImportError as error:
     sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
                                 'check_env.py'))['stack_import_hint'](error))
@@ -31,8 +30,8 @@ CPU_COMPILE_NOTE = (
     'torch.compile gives no gain for inference on the CPU (measured 0.79x '
     'the eager speed after 79 s of compilation, ViT-Ti/16 512x512, 2-core '
     'EPYC): on GPUs, CUDA graphs remove the kernel launch cost at batch 1')
-# The metrics that read the class maps only (pred_sem_seg), not the logits.
-CLASS_MAP_METRICS = ('IoUMetric', 'CityscapesMetric')
+# mmseg's metrics that write label maps (output_dir, format_only).
+LABEL_MAP_METRICS = ('IoUMetric', 'CityscapesMetric')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -98,10 +97,11 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
     if args.format_only:
         enable_format_only(cfg)
         args.out = args.out or osp.join(cfg.work_dir, 'format_results')
-    for metric in metrics_of(cfg):
-        if metric['type'] in CLASS_MAP_METRICS and args.out:
+    evaluator = cfg.test_evaluator
+    for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
+        if metric['type'] in LABEL_MAP_METRICS and args.out:
             metric['output_dir'] = args.out
-        if metric['type'] in CLASS_MAP_METRICS and args.format_only:
+        if metric['type'] in LABEL_MAP_METRICS and args.format_only:
             metric.update(format_only=True, keep_results=True)
         if metric['type'] == 'IoUMetric' and args.eval:
             metric['iou_metrics'] = args.eval
@@ -125,7 +125,7 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
         cfg.test_cfg = dict(cfg.get('test_cfg') or dict(type='TestLoop'),
                             fp16=True)
         notes.append(f'Inference under {args.dtype} autocast.')
-    return cfg, notes + class_maps_only(cfg)
+    return cfg, notes
 
 
 def enable_format_only(cfg: Config) -> None:
@@ -137,34 +137,9 @@ def enable_format_only(cfg: Config) -> None:
         prefix = dict(dataset.get('data_prefix') or dict(img_path=''))
         prefix.pop('seg_map_path', None)
         dataset.data_prefix = prefix
-        cls = registered(dataset['type'], DATASETS)
+        cls = DATASETS.get(dataset['type'])
         if isinstance(cls, type) and issubclass(cls, CityscapesDataset):
             cfg.test_evaluator = dict(type='CityscapesMetric')
-
-
-def metrics_of(cfg: Config) -> List[dict]:
-    """The metric dicts of ``cfg.test_evaluator`` (one or a list)."""
-    evaluator = cfg.test_evaluator
-    return evaluator if isinstance(evaluator, list) else [evaluator]
-
-
-def class_maps_only(cfg: Config) -> List[str]:
-    """Predict class maps without the (K, H, W) logits where nothing reads
-    them (``PaddedSlideEncoderDecoder``'s ``return_logits=False``): the
-    metrics of :data:`CLASS_MAP_METRICS`, ``--out`` and the visualizer read
-    ``pred_sem_seg`` alone, TTA averages logits. Returns a note, if any."""
-    cls = registered(cfg.model.type, MODELS)
-    test_cfg = cfg.model.get('test_cfg') or {}
-    if (not isinstance(cls, type)
-            or not issubclass(cls, PaddedSlideEncoderDecoder)
-            or 'return_logits' in test_cfg
-            or cfg.model.decode_head.get('out_channels') == 1
-            or any(m['type'] not in CLASS_MAP_METRICS
-                   for m in metrics_of(cfg))):
-        return []
-    cfg.model.test_cfg = dict(test_cfg, return_logits=False)
-    return ['Class maps only (model.test_cfg.return_logits=False): nothing '
-            'reads the logits.']
 
 
 def compile_inference(model: torch.nn.Module) -> None:
