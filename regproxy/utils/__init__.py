@@ -1,7 +1,6 @@
 from .cli import (DTYPES, add_common_args, add_shape_arg,
                   add_trust_checkpoint_arg, build_runner, fail, load_config,
                   load_script_config, parse_with_paths, positive_int)
-from .config_keys import registered
 from .distributed import (LAUNCHERS, end_process_group, launcher_world_size,
                           setup_launcher)
 from .model_cfg import standalone_model_cfg
@@ -11,6 +10,6 @@ __all__ = [
     'DTYPES', 'LAUNCHERS', 'add_common_args', 'add_shape_arg',
     'add_trust_checkpoint_arg', 'build_runner', 'end_process_group', 'fail',
     'launcher_world_size', 'load_config', 'load_script_config',
-    'parse_with_paths', 'plan_total_batch', 'positive_int', 'registered',
+    'parse_with_paths', 'plan_total_batch', 'positive_int',
     'setup_launcher', 'standalone_model_cfg'
 ]

@@ -3,7 +3,6 @@ mmseg's flags on mmengine's ``DictAction``, ``Config`` and ``Runner``."""
 import argparse
 import os
 import os.path as osp
-import re
 import sys
 from typing import Any, List, NoReturn, Optional, Sequence, Tuple
 
@@ -13,8 +12,7 @@ from mmengine.runner import Runner
 from mmengine.utils import import_modules_from_strings
 from mmseg.registry import RUNNERS
 
-from .config_keys import (ConfigKeyError, check_override_keys,
-                          translate_legacy_keys)
+from .config_keys import check_override_keys, translate_legacy_keys
 from .distributed import LAUNCHERS
 
 # Precisions the scripts accept (``--dtype``), by name.
@@ -59,8 +57,8 @@ class CfgOptionsAction(DictAction):
     """mmengine's ``DictAction`` that keeps strings whole: mmengine 0.10.7
     deletes every space of a value (``data_root=/data/my dir``). A value in
     matching quotes is that string verbatim, one without commas or brackets
-    one value; lists parse as in mmengine. Items that mmengine would mangle
-    or fail on with a traceback are usage errors naming the item."""
+    one value; lists parse as in mmengine (their spaces dropped). Items that
+    mmengine would fail on with a traceback are usage errors naming them."""
 
     # DictAction.__call__ parses each value with self._parse_iterable
     # (mmengine 0.10.7): its one hook, no public one.
@@ -74,16 +72,6 @@ class CfgOptionsAction(DictAction):
             return val[1:-1]
         if ',' not in val and not val.startswith(('[', '(')):
             return DictAction._parse_int_float_bool(val)
-        if (val.count('[') != val.count(']')
-                or val.count('(') != val.count(')')):
-            raise ValueError(
-                'unbalanced brackets: a list is [a,b] or (a,b); quote the '
-                'value for a string ("KEY=\'[a\'")')
-        if re.search(r'[^\s,()\[\]]\s+[^\s,()\[\]]', val):
-            raise ValueError(
-                f'a list element of {val!r} has a space, which the list '
-                'parser would drop; quote the whole value for one string '
-                '("KEY=\'a b, c\'")')
         return DictAction._parse_iterable(val)
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -91,9 +79,9 @@ class CfgOptionsAction(DictAction):
             if '=' not in item:
                 parser.error(
                     f'{option_string}: expected KEY=VALUE, got {item!r}')
-            try:
+            try:  # mmengine 0.10.7 asserts on unbalanced brackets
                 super().__call__(parser, namespace, [item], option_string)
-            except ValueError as error:
+            except (ValueError, AssertionError) as error:
                 parser.error(f'{option_string} {item}: {error}')
 
 
@@ -190,7 +178,7 @@ def load_config(path: str,
     notes += translations
     try:
         check_override_keys(cfg, options)
-    except ConfigKeyError as error:
+    except ValueError as error:
         fail(str(error))
     cfg.merge_from_dict(options)
     for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

@@ -6,7 +6,6 @@ import inspect
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from mmengine.config import Config
-from mmengine.registry import Registry
 from mmengine.runner import Runner
 from mmseg import registry as mmseg_registry
 
@@ -41,25 +40,6 @@ BUILDER_KEYS = {'type', '_scope_', '_delete_', 'requires_grad', 'constructor',
                 'paramwise_cfg'}
 
 
-class ConfigKeyError(ValueError):
-    """A key that nothing reads; the message names the closest."""
-
-
-def registered(type_: Any, registry: Optional[Registry] = None) -> Any:
-    """The class (or function) that a config ``type`` (a name, or the
-    class itself) names in ``registry``, else in any of mmseg's registries
-    (and their mmengine parents); None where none has it."""
-    if not isinstance(type_, str):
-        return type_
-    registries = [registry] if registry else [
-        getattr(mmseg_registry, name) for name in mmseg_registry.__all__
-    ]
-    for found in (r.get(type_) for r in registries):
-        if found is not None:
-            return found
-    return None
-
-
 def translate_legacy_keys(cfg: Config,
                           options: dict) -> Tuple[dict, List[str]]:
     """``options`` (a ``DictAction`` result for ``cfg``) with the mmseg 0.x
@@ -75,11 +55,8 @@ def translate_legacy_keys(cfg: Config,
             if isinstance(cfg.get(place.split('.')[0]), dict)
         ]
         translated.update(dict.fromkeys(places, value))
-        note = (f'{key}={value} is an mmseg 0.x key, set as '
-                f'{", ".join(places) or "nothing (not in this config)"}')
-        if key == 'runner.max_iters':
-            note += ' (the param_scheduler ends stay as configured)'
-        notes.append(note)
+        notes.append(f'{key}={value} is an mmseg 0.x key, set as '
+                     f'{", ".join(places) or "nothing (not in this config)"}')
     return translated, notes
 
 
@@ -99,7 +76,7 @@ def check_override_keys(cfg: Config, options: dict) -> None:
         options (dict): ``DictAction`` result (``{'a.b': value}``).
 
     Raises:
-        ConfigKeyError: naming the key and the closest accepted names.
+        ValueError: naming the key and the closest accepted names.
     """
     tree = cfg.to_dict()
     for key in options:
@@ -137,7 +114,7 @@ def _check_new_key(key: str, place: str, name: str, node: dict,
     where = place or 'the top level'
     if isinstance(type_, (str, type)):
         where += f' ({type_ if isinstance(type_, str) else type_.__name__})'
-    raise ConfigKeyError(
+    raise ValueError(
         f'config key {key} does not exist and {where} takes no {name!r}' +
         (f'; closest: {", ".join(close)}' if close else '') +
         '. A misspelt key would be added and never read, so it is refused')
@@ -146,8 +123,11 @@ def _check_new_key(key: str, place: str, name: str, node: dict,
 def _init_args(type_: Any) -> Optional[Set[str]]:
     """Argument names of what ``type_`` builds; None when they cannot be
     told (no type, not registered, ``**kwargs``)."""
+    if isinstance(type_, str):  # the first of mmseg's registries with it
+        type_ = next(filter(None, (getattr(mmseg_registry, name).get(type_)
+                                   for name in mmseg_registry.__all__)), None)
     try:
-        params = inspect.signature(registered(type_)).parameters.values()
+        params = inspect.signature(type_).parameters.values()
     except (TypeError, ValueError):
         return None
     if any(p.kind == p.VAR_KEYWORD for p in params):

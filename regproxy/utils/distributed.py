@@ -11,10 +11,6 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config
 
-__all__ = [
-    'LAUNCHERS', 'end_process_group', 'launcher_world_size', 'setup_launcher'
-]
-
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
 # Environment variables that carry (rank, world size, local rank) under the
@@ -28,15 +24,8 @@ _RANK_ENV = {
 
 
 def launcher_world_size(launcher: str) -> int:
-    """Number of processes, also before the runner starts them.
-
-    Args:
-        launcher (str): one of :data:`LAUNCHERS`.
-
-    Returns:
-        int: the process group's size once started, else the launcher's
-        environment variable (1 for 'none').
-    """
+    """Number of processes of a run under ``launcher`` (one of
+    :data:`LAUNCHERS`), also before the runner starts the process group."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     if launcher == 'none':

@@ -1,8 +1,6 @@
 """Config rewrites for the tools that build a segmentor on their own."""
 import copy
 
-__all__ = ['standalone_model_cfg']
-
 
 def standalone_model_cfg(model_cfg: dict) -> dict:
     """A copy of a segmentor config that reads no weights file.

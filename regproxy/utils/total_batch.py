@@ -4,8 +4,6 @@ from typing import List, Optional, Tuple, Union
 
 from mmengine.config import Config
 
-__all__ = ['plan_total_batch']
-
 _LOOPS = ('IterBasedTrainLoop', 'AccumulatingTrainLoop')
 
 

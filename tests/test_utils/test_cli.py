@@ -76,8 +76,8 @@ def test_an_item_without_a_value_is_a_usage_error(capsys):
 
 @pytest.mark.parametrize('item, message', [
     ('train_cfg.max_iters=[1,2',
-     "--cfg-options train_cfg.max_iters=[1,2: unbalanced brackets: a list is "
-     "[a,b] or (a,b); quote the value for a string (\"KEY='[a'\")"),
+     '--cfg-options train_cfg.max_iters=[1,2: Imbalanced brackets exist in '
+     '[1,2'),
     ('load_from=', "--cfg-options load_from=: the value is empty; write "
      "KEY=None for None, or \"KEY=''\" for an empty string"),
     ('train_cfg.max_iters=', '--cfg-options train_cfg.max_iters=: the value '
