@@ -72,10 +72,8 @@ def setup_launcher(cfg: Config, launcher: str) -> List[str]:
             os.environ['MASTER_ADDR'] = subprocess.getoutput(
                 f'scontrol show hostname {nodes} | head -n1')
     timeout = ((cfg.get('env_cfg') or {}).get('dist_cfg') or {}).get(
-        'timeout')
-    kwargs = {}
-    if timeout is not None:
-        kwargs['timeout'] = datetime.timedelta(seconds=timeout)
-    dist.init_process_group(backend='gloo', **kwargs)
+        'timeout', 1800)  # seconds; torch's default for gloo
+    dist.init_process_group(
+        backend='gloo', timeout=datetime.timedelta(seconds=timeout))
     return ['No CUDA device: distributed run on the CPU with gloo '
             f'(world size {dist.get_world_size()}).']

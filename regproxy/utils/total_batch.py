@@ -1,5 +1,4 @@
-"""The total batch of a training run, against the recipe's
-(docs/fewer_gpus.md)."""
+"""A training run's total batch against the recipe's (docs/fewer_gpus.md)."""
 from typing import List, Optional, Tuple, Union
 
 from mmengine.config import Config
@@ -15,10 +14,9 @@ def plan_total_batch(cfg: Config, processes: int,
     (``auto_scale_lr.base_batch_size``, mmengine's key).
 
     Args:
-        cfg (Config): config to update in place: the optimizer wrapper's
-            ``accumulative_counts``, the train loop
-            (:class:`~regproxy.engine.AccumulatingTrainLoop`, which counts
-            optimizer steps) and ``auto_scale_lr``.
+        cfg (Config): updated in place: ``auto_scale_lr``,
+            ``optim_wrapper.accumulative_counts`` and ``train_cfg.type``
+            (:class:`~regproxy.engine.AccumulatingTrainLoop`).
         processes (int): number of training processes.
         accumulate (int | str, optional): micro-batches per optimizer step,
             ``'auto'`` for recipe total / actual total, None for the
