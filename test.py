@@ -13,11 +13,12 @@ try:  # a broken install gets a diagnosis instead of a traceback
     from mmengine.config import Config
     from mmengine.device import get_device
     from mmseg.datasets import CityscapesDataset
-    from mmseg.registry import DATASETS
+    from mmseg.registry import DATASETS, MODELS
 
     from regproxy.datasets import (check_data_roots, leaf_datasets,
                                    use_checked_loaders)
     from regproxy.engine import CheckpointError, unwrap_model
+    from regproxy.models import PaddedSlideEncoderDecoder
     from regproxy.utils import (DTYPES, add_common_args, build_runner,
                                 end_process_group, fail, load_script_config,
                                 parse_with_paths, setup_launcher)
@@ -30,7 +31,8 @@ CPU_COMPILE_NOTE = (
     'torch.compile gives no gain for inference on the CPU (measured 0.79x '
     'the eager speed after 79 s of compilation, ViT-Ti/16 512x512, 2-core '
     'EPYC): on GPUs, CUDA graphs remove the kernel launch cost at batch 1')
-# mmseg's metrics that write label maps (output_dir, format_only).
+# mmseg's metrics that read the class maps (pred_sem_seg) only, not the
+# logits, and write label maps (output_dir, format_only).
 LABEL_MAP_METRICS = ('IoUMetric', 'CityscapesMetric')
 
 
@@ -97,8 +99,7 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
     if args.format_only:
         enable_format_only(cfg)
         args.out = args.out or osp.join(cfg.work_dir, 'format_results')
-    evaluator = cfg.test_evaluator
-    for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
+    for metric in metrics_of(cfg):
         if metric['type'] in LABEL_MAP_METRICS and args.out:
             metric['output_dir'] = args.out
         if metric['type'] in LABEL_MAP_METRICS and args.format_only:
@@ -125,7 +126,7 @@ def prepare_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
         cfg.test_cfg = dict(cfg.get('test_cfg') or dict(type='TestLoop'),
                             fp16=True)
         notes.append(f'Inference under {args.dtype} autocast.')
-    return cfg, notes
+    return cfg, notes + class_maps_only(cfg)
 
 
 def enable_format_only(cfg: Config) -> None:
@@ -140,6 +141,32 @@ def enable_format_only(cfg: Config) -> None:
         cls = DATASETS.get(dataset['type'])
         if isinstance(cls, type) and issubclass(cls, CityscapesDataset):
             cfg.test_evaluator = dict(type='CityscapesMetric')
+
+
+def metrics_of(cfg: Config) -> List[dict]:
+    """The metric dicts of ``cfg.test_evaluator`` (one or a list)."""
+    evaluator = cfg.test_evaluator
+    return evaluator if isinstance(evaluator, list) else [evaluator]
+
+
+def class_maps_only(cfg: Config) -> List[str]:
+    """Predict class maps without the (K, H, W) logits where nothing reads
+    them (``PaddedSlideEncoderDecoder``'s ``return_logits=False``): the
+    metrics of :data:`LABEL_MAP_METRICS`, ``--out`` and the visualizer read
+    ``pred_sem_seg`` alone; TTA (another model type) averages logits.
+    Returns a note, if any."""
+    cls = MODELS.get(cfg.model.type)
+    test_cfg = cfg.model.get('test_cfg') or {}
+    if (not isinstance(cls, type)
+            or not issubclass(cls, PaddedSlideEncoderDecoder)
+            or 'return_logits' in test_cfg
+            or cfg.model.decode_head.get('out_channels') == 1
+            or any(m['type'] not in LABEL_MAP_METRICS
+                   for m in metrics_of(cfg))):
+        return []
+    cfg.model.test_cfg = dict(test_cfg, return_logits=False)
+    return ['Class maps only (model.test_cfg.return_logits=False): nothing '
+            'reads the logits.']
 
 
 def compile_inference(model: torch.nn.Module) -> None:

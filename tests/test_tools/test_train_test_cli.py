@@ -335,6 +335,25 @@ def test_test_flags_edit_the_config(tiny_config, tmp_path):
     assert cfg.test_evaluator.output_dir == str(tmp_path / 'format_results')
 
 
+@pytest.mark.parametrize('argv, logits', [
+    ([], False),
+    (['--out', 'preds', '--show-dir', 'vis'], False),
+    (['--format-only'], False),
+    (['--aug-test'], None),
+    (['--cfg-options', 'model.test_cfg.return_logits=True'], True),
+    (['--cfg-options', "test_evaluator.type=DepthMetric"], None),
+])
+def test_class_maps_only_where_nothing_reads_the_logits(tiny_config, argv,
+                                                        logits):
+    """IoUMetric, --out and the visualizer read pred_sem_seg alone."""
+    cfg, notes = _test_cfg(str(tiny_config), 'k.pth', *argv)
+    test_cfg = cfg.model.get('module', cfg.model).test_cfg
+    assert test_cfg.get('return_logits') is logits
+    note = ('Class maps only (model.test_cfg.return_logits=False): nothing '
+            'reads the logits.')
+    assert (note in notes) == (logits is False)
+
+
 # Single process ---------------------------------------------------------
 
 
@@ -358,6 +377,15 @@ def test_test_reports_miou_and_writes_predictions(single_test):
     metrics, preds = single_test
     assert 0 <= metrics['mIoU'] <= 100 and 'aAcc' in metrics
     assert len(list(preds.glob('*.png'))) == 3
+
+
+def test_class_maps_only_give_the_metrics_of_the_logits(
+        tiny_config, trained, single_test, tmp_path):
+    """single_test predicted class maps only (return_logits=False)."""
+    metrics = _test(str(tiny_config), str(trained / 'iter_4.pth'),
+                    '--work-dir', str(tmp_path), '--cfg-options',
+                    'model.test_cfg.return_logits=True')
+    assert metrics == single_test[0]
 
 
 def test_aug_test(tiny_config, trained, tmp_path, capsys):
