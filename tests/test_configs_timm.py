@@ -20,10 +20,10 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from regproxy.utils import standalone_model_cfg
-
 from tests.scripts import load_script
 
+standalone_model_cfg = load_script(
+    'tools/analysis/benchmark.py').standalone_model_cfg
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs'
 TIMM_CONFIGS = sorted(
     p.name for p in (CONFIG_DIR / 'regproxy_timm').glob('*.py'))

@@ -3,7 +3,6 @@ from .cli import (DTYPES, add_common_args, add_shape_arg,
                   load_script_config, parse_with_paths, positive_int)
 from .distributed import (LAUNCHERS, end_process_group, launcher_world_size,
                           setup_launcher)
-from .model_cfg import standalone_model_cfg
 from .total_batch import plan_total_batch
 
 __all__ = [
@@ -11,5 +10,5 @@ __all__ = [
     'add_trust_checkpoint_arg', 'build_runner', 'end_process_group', 'fail',
     'launcher_world_size', 'load_config', 'load_script_config',
     'parse_with_paths', 'plan_total_batch', 'positive_int',
-    'setup_launcher', 'standalone_model_cfg'
+    'setup_launcher'
 ]

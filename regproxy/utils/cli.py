@@ -3,6 +3,7 @@ mmseg's flags on mmengine's ``DictAction``, ``Config`` and ``Runner``."""
 import argparse
 import os
 import os.path as osp
+import re
 import sys
 from typing import Any, List, NoReturn, Optional, Sequence, Tuple
 
@@ -57,8 +58,8 @@ class CfgOptionsAction(DictAction):
     """mmengine's ``DictAction`` that keeps strings whole: mmengine 0.10.7
     deletes every space of a value (``data_root=/data/my dir``). A value in
     matching quotes is that string verbatim, one without commas or brackets
-    one value; lists parse as in mmengine (their spaces dropped). Items that
-    mmengine would fail on with a traceback are usage errors naming them."""
+    one value; lists parse as in mmengine. Items that mmengine would mangle
+    or fail on with a traceback are usage errors naming the item."""
 
     # DictAction.__call__ parses each value with self._parse_iterable
     # (mmengine 0.10.7): its one hook, no public one.
@@ -72,6 +73,11 @@ class CfgOptionsAction(DictAction):
             return val[1:-1]
         if ',' not in val and not val.startswith(('[', '(')):
             return DictAction._parse_int_float_bool(val)
+        if re.search(r'[^\s,()\[\]]\s+[^\s,()\[\]]', val):
+            raise ValueError(
+                f'a list element of {val!r} has a space, which the list '
+                'parser would drop; quote the whole value for one string '
+                '("KEY=\'a b, c\'")')
         return DictAction._parse_iterable(val)
 
     def __call__(self, parser, namespace, values, option_string=None):

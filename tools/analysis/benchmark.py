@@ -9,6 +9,7 @@ What each mode times and how is in docs/speed.md (``--frozen``:
 docs/frozen_backbones.md).
 """
 import argparse
+import copy
 import inspect
 import os
 import runpy
@@ -35,7 +36,7 @@ from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
                              trusted_checkpoints)
 from regproxy.models.backbones import RegionProxyViT
 from regproxy.utils import (DTYPES, add_shape_arg, add_trust_checkpoint_arg,
-                            fail, standalone_model_cfg)
+                            fail)
 
 # The paths each mode times, ours first; the first two get the same weights.
 PATHS = ('ours', 'straightforward', 'segmenter')
@@ -54,6 +55,17 @@ def _defaults(cls: type) -> Dict[str, object]:
         for name, param in inspect.signature(cls).parameters.items()
         if param.default is not inspect.Parameter.empty
     }
+
+
+def standalone_model_cfg(model_cfg: dict) -> dict:
+    """A copy of a segmentor config that reads no weights file
+    (``pretrained`` and the backbone's ``init_cfg`` cleared: the benchmark
+    loads a checkpoint or keeps random weights). SyncBN stays: torch's
+    ``SyncBatchNorm`` is plain batch norm without a process group."""
+    cfg = copy.deepcopy(model_cfg)
+    cfg['pretrained'] = None
+    cfg['backbone'].update(pretrained=None, init_cfg=None)
+    return cfg
 
 
 def straightforward_cfg(model_cfg: dict) -> dict:

@@ -2,7 +2,10 @@ import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
 
-from regproxy.utils import standalone_model_cfg
+from tests.scripts import load_script
+
+standalone_model_cfg = load_script(
+    'tools/analysis/benchmark.py').standalone_model_cfg
 
 
 def test_standalone_model_cfg_copies_without_weights_files():
