@@ -98,6 +98,33 @@ def test_benchmark_prints_the_machine_all_paths_and_ratios(tiny, capsys):
         assert re.fullmatch(r' +x[\d.]+ time, x[\d.]+ memory', row[2])
 
 
+def test_dtype_ratio_is_the_median_of_back_to_back_pairs(capsys):
+    """Sequential medians would give 4 / 1 = x4; the pairs give 2, 4, 3."""
+    def result(mode, dtype, ours):
+        return dict(case=f'8x8 {mode} {dtype}', mode=mode, batch=1,
+                    times=dict(ours=ours, other=[1., 1., 1.]),
+                    peaks=dict(ours=2**20, other=2**21))
+    benchmark.print_comparison([
+        result('infer', 'float32', [2., 4., 6.]),
+        result('infer', 'bfloat16', [1., 1., 2.]),
+        result('train', 'float32', [3., 3., 3.]),
+        result('train', 'bfloat16', [2., 2., 2.])])
+    out = capsys.readouterr().out
+    assert 'ours: 8x8 infer bfloat16 runs x3.00 as fast as float32' in out
+    assert 'ours: 8x8 train bfloat16 runs x1.50 as fast as float32' in out
+    assert re.search(r'8x8 infer float32 +other( +[\d.]+){3} +x0\.25 time, '
+                     r'x2\.00 memory', out)
+
+
+def test_benchmark_alternates_the_dtypes_and_prints_their_ratio(tiny,
+                                                                capsys):
+    benchmark.main([tiny[0], '--shape', '32', '32', '--iters', '2',
+                    '--warmup', '0', '--dtypes', 'float32', 'bfloat16'])
+    out = capsys.readouterr().out
+    assert re.search(r'^ours: 32x32 infer bfloat16 runs x[\d.]+ as fast as '
+                     r'float32$', out, re.M)
+
+
 def test_benchmark_frozen_times_training_with_a_frozen_backbone(tiny,
                                                                  capsys):
     cfg = Config.fromfile(tiny[0])

@@ -19,7 +19,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -189,8 +189,8 @@ def compare_logits(models: Sequence[nn.Module],
     return (first - second).abs().max().item(), first.abs().max().item()
 
 
-def time_steps(steps: Dict[str, Step], iters: int, warmup: int,
-               device: torch.device) -> Dict[str, List[float]]:
+def time_steps(steps: Dict[Hashable, Step], iters: int, warmup: int,
+               device: torch.device) -> Dict[Hashable, List[float]]:
     """Seconds of each of ``iters`` calls of every step. The steps alternate
     call by call (in turn reversed order), so call i of every step ran at
     nearly the same time and under the same load from other processes."""
@@ -300,25 +300,33 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
              ['infer', 'train'] if args.train else ['infer'])
     results = []
     for mode in modes:
+        # The dtypes alternate too: their ratios are back-to-back pairs.
+        times = time_steps({(path, dtype): make_step(args, model, mode, dtype)
+                            for dtype in args.dtypes
+                            for path, model in models.items()},
+                           args.iters, args.warmup, device)
         for dtype in args.dtypes:
-            steps = {path: make_step(args, model, mode, dtype)
-                     for path, model in models.items()}
-            times = time_steps(steps, args.iters, args.warmup, device)
             peaks = {path: worker_peak(argv, f'{path},{mode},{dtype}')
                      for path in paths}
             case = f'{args.shape[0]}x{args.shape[1]} {mode} {dtype}'
             print(f'  done: {case}', flush=True)
             results.append(dict(
-                case=case, times=times, peaks=peaks,
+                case=case, mode=mode, peaks=peaks,
+                times={path: times[path, dtype] for path in paths},
                 batch=args.batch if mode == 'infer' else args.train_batch))
     return results
+
+
+def _pair_ratio(times: List[float], base: List[float]) -> float:
+    """The median over calls i of times_i / base_i (made back to back)."""
+    return statistics.median(t / b for t, b in zip(times, base))
 
 
 def print_comparison(results: List[dict]) -> None:
     """Print, for every path of every result of :func:`benchmark_models`,
     the median call, FPS and peak memory, and for all but the first path its
-    time and memory over the first's: the median over calls i of path_i /
-    first_i (calls made back to back), the ratio of peaks."""
+    time (:func:`_pair_ratio`) and peak over the first's; then, for the
+    first path, each dtype's time over the first dtype's of its mode."""
     print(f'\n{"case":<24} {"path":<16} {"latency (ms)":>12} {"FPS":>8} '
           f'{"peak (MiB)":>11}  over the first: time, memory')
     for result in results:
@@ -330,11 +338,17 @@ def print_comparison(results: List[dict]) -> None:
                     f'{result["batch"] / latency:>8.2f} '
                     f'{peaks[path] / 2**20:>11.1f}')
             if path != first:
-                speed = statistics.median(
-                    t / f for t, f in zip(times[path], times[first]))
-                line += (f'  x{speed:.2f} time, '
-                         f'x{peaks[path] / max(peaks[first], 1):.2f} memory')
+                line += (f'  x{_pair_ratio(times[path], times[first]):.2f} '
+                         f'time, x{peaks[path] / max(peaks[first], 1):.2f} '
+                         'memory')
             print(line)
+    for result in results:
+        base = next(r for r in results if r['mode'] == result['mode'])
+        if result is not base:
+            path = next(iter(result['times']))
+            ratio = _pair_ratio(base['times'][path], result['times'][path])
+            print(f'{path}: {result["case"]} runs x{ratio:.2f} as fast as '
+                  f'{base["case"].split()[-1]}')
 
 
 def machine(device: torch.device) -> str:
