@@ -7,13 +7,13 @@ from typing import Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
-__all__ = ['AtomicLocalBackend', 'is_running']
+__all__ = ['AtomicLocalBackend']
 
 # ``.NAME.PID.XXXXXXXX.tmp``: the temporary file of a writer process.
 _TEMP_NAME = re.compile(r'^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$')
 
 
-def is_running(pid: int) -> bool:
+def _is_running(pid: int) -> bool:
     """Whether process ``pid`` of this host still runs."""
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
@@ -29,7 +29,7 @@ def _remove_stale_temp_files(folder: Path) -> None:
     a file whose writer still runs is left to it."""
     for path in folder.iterdir():
         match = _TEMP_NAME.match(path.name)
-        if match and not is_running(int(match.group(1))):
+        if match and not _is_running(int(match.group(1))):
             path.unlink(missing_ok=True)
 
 

@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -8,28 +9,54 @@ import pytest
 from regproxy.engine import WorkDirBusyError, WorkDirLock
 from regproxy.engine.work_dir_lock import LOCK_NAME
 
+# A process that holds the lock of the folder argv[1] until it is killed.
+HOLDER = ('import sys, time\n'
+          'from regproxy.engine import WorkDirLock\n'
+          'lock = WorkDirLock(sys.argv[1])\n'
+          'lock.acquire()\n'
+          'print("locked", flush=True)\n'
+          'time.sleep(120)\n')
+
+
+def hold_lock(folder) -> subprocess.Popen:
+    """A child process holding ``folder``'s lock (once it printed)."""
+    child = subprocess.Popen([sys.executable, '-c', HOLDER, str(folder)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == 'locked\n'
+    return child
+
 
 def test_second_run_stops_with_the_holders_name(tmp_path):
     with WorkDirLock(str(tmp_path)):
         with pytest.raises(WorkDirBusyError) as error:
             WorkDirLock(str(tmp_path)).acquire()
         message = str(error.value)
-        assert socket.gethostname() in message
-        assert f'process {os.getpid()}' in message
-    assert not (tmp_path / LOCK_NAME).exists()  # released
+        assert f'host {socket.gethostname()}, process {os.getpid()}' in message
+        assert str(tmp_path / LOCK_NAME) in message
+    with WorkDirLock(str(tmp_path)):  # released
+        pass
 
 
-def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
-    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
-    dead.wait()
-    (tmp_path / LOCK_NAME).write_text(f'{socket.gethostname()} {dead.pid}')
+def test_lock_of_another_live_process_is_refused(tmp_path):
+    child = hold_lock(tmp_path)
+    try:
+        with pytest.raises(WorkDirBusyError, match=f'process {child.pid}'):
+            WorkDirLock(str(tmp_path)).acquire()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_killed_holder_leaves_no_lock(tmp_path):
+    child = hold_lock(tmp_path)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
     with WorkDirLock(str(tmp_path)):
         assert (tmp_path / LOCK_NAME).read_text() == (
-            f'{socket.gethostname()} {os.getpid()}')
+            f'host {socket.gethostname()}, process {os.getpid()}')
 
 
-def test_lock_of_another_host_is_refused(tmp_path):
-    (tmp_path / LOCK_NAME).write_text('node-7 1234')
-    with pytest.raises(WorkDirBusyError, match='host node-7, process 1234'):
-        WorkDirLock(str(tmp_path)).acquire()
-    assert (tmp_path / LOCK_NAME).read_text() == 'node-7 1234'
+def test_leftover_lock_file_without_a_holder_is_taken(tmp_path):
+    (tmp_path / LOCK_NAME).write_text('host node-7, process 1234')
+    with WorkDirLock(str(tmp_path)):
+        assert 'node-7' not in (tmp_path / LOCK_NAME).read_text()

@@ -24,6 +24,7 @@ from mmseg.apis import MMSegInferencer, inference_model, init_model
 from regproxy.datasets import ShapesDataset, generate_shapes_dataset
 from regproxy.utils import load_config
 from tests.test_engine.test_checkpoint import WritesMarker
+from tests.test_engine.test_work_dir_lock import hold_lock
 from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -730,11 +731,8 @@ def test_broken_stack_gets_the_environment_check(script, tmp_path):
 
 
 def test_second_training_into_a_busy_work_dir_stops(tiny_config, tmp_path):
-    holder = subprocess.Popen([sys.executable, '-c',
-                               'import time; time.sleep(60)'])
+    holder = hold_lock(tmp_path)
     try:
-        (tmp_path / '.train.lock').write_text(
-            f'{socket.gethostname()} {holder.pid}')
         with pytest.raises(SystemExit) as err:
             _train(str(tiny_config), '--work-dir', str(tmp_path))
         assert f'process {holder.pid}' in str(err.value)
@@ -744,11 +742,10 @@ def test_second_training_into_a_busy_work_dir_stops(tiny_config, tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    # the holder is gone: its lock is taken over
+    # the holder is gone, and its lock with it
     _train(str(tiny_config), '--work-dir', str(tmp_path), '--no-validate',
            '--cfg-options', 'train_cfg.max_iters=2')
     assert (tmp_path / 'iter_2.pth').is_file()
-    assert not (tmp_path / '.train.lock').exists()
 
 
 def test_resume_with_a_lower_lr_uses_it_and_says_so(tiny_config, trained,
