@@ -60,3 +60,27 @@ def test_leftover_lock_file_without_a_holder_is_taken(tmp_path):
     (tmp_path / LOCK_NAME).write_text('host node-7, process 1234')
     with WorkDirLock(str(tmp_path)):
         assert 'node-7' not in (tmp_path / LOCK_NAME).read_text()
+
+
+def test_forked_child_of_a_killed_holder_keeps_no_lock(tmp_path):
+    """A dataloader worker forked by the holder outlives a SIGKILL for a
+    moment: the lock is its parent's alone."""
+    code = HOLDER.replace(
+        'print("locked", flush=True)\n',
+        'import os\n'
+        'child = os.fork()\n'
+        'if child == 0:\n'
+        '    time.sleep(120)\n'
+        'print("locked", child, flush=True)\n')
+    holder = subprocess.Popen([sys.executable, '-c', code, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    word, child = holder.stdout.readline().split()
+    assert word == 'locked'
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    try:
+        os.kill(int(child), 0)  # still alive
+        with WorkDirLock(str(tmp_path)):
+            pass
+    finally:
+        os.kill(int(child), signal.SIGKILL)
