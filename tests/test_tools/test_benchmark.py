@@ -85,7 +85,9 @@ def test_benchmark_prints_the_machine_all_paths_and_ratios(tiny, capsys):
     name = re.search(r'^model name\s*:\s*(.*)$', info, re.M).group(1)
     flags = re.search(r'^flags\s*:(.*)$', info, re.M).group(1).split()
     header = out.splitlines()[0]
-    assert header.startswith(f'CPU: {name} (')
+    family = re.search(r'^cpu family\s*:\s*(\d+)$', info, re.M).group(1)
+    model = re.search(r'^model\s*:\s*(\d+)$', info, re.M).group(1)
+    assert header.startswith(f'CPU: {name} (family {family} model {model}; ')
     for flag in benchmark.CPU_FLAGS:
         assert f'{flag} {"yes" if flag in flags else "no"}' in header
     assert f'torch {torch.__version__}' in header

@@ -352,10 +352,10 @@ def print_comparison(results: List[dict]) -> None:
 
 
 def machine(device: torch.device) -> str:
-    """The CPU's model name and which of :data:`CPU_FLAGS` it has, from
-    Linux's /proc/cpuinfo (torch 2.12 has no public query; the memory
-    workers read /proc too), the GPU, the torch version and the threads it
-    runs."""
+    """The CPU's model name, family and model and which of
+    :data:`CPU_FLAGS` it has, from Linux's /proc/cpuinfo (torch 2.12 has no
+    public query; the memory workers read /proc too), the GPU, the torch
+    version and the threads it runs."""
     fields = {}
     with open('/proc/cpuinfo') as f:
         for line in f:
@@ -366,7 +366,8 @@ def machine(device: torch.device) -> str:
                     for flag in CPU_FLAGS)
     gpu = (f', GPU: {torch.cuda.get_device_name(device)}'
            if device.type == 'cuda' else '')
-    return (f'CPU: {fields.get("model name", "unknown")} ({has})'
+    kind = f'family {fields.get("cpu family")} model {fields.get("model")}'
+    return (f'CPU: {fields.get("model name", "unknown")} ({kind}; {has})'
             f'{gpu}, torch {torch.__version__}, '
             f'{torch.get_num_threads()} threads')
 
