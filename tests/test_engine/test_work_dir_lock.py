@@ -1,3 +1,5 @@
+import errno
+import fcntl
 import os
 import signal
 import socket
@@ -6,7 +8,7 @@ import sys
 
 import pytest
 
-from regproxy.engine import WorkDirBusyError, WorkDirLock
+from regproxy.engine import WorkDirBusyError, WorkDirLock, work_dir_lock
 from regproxy.engine.work_dir_lock import LOCK_NAME
 
 # A process that holds the lock of the folder argv[1] until it is killed.
@@ -84,3 +86,19 @@ def test_forked_child_of_a_killed_holder_keeps_no_lock(tmp_path):
             pass
     finally:
         os.kill(int(child), signal.SIGKILL)
+
+
+def test_filesystem_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, 'No locks available')
+
+    warnings = []
+    monkeypatch.setattr(fcntl, 'lockf', no_locks)
+    monkeypatch.setattr(work_dir_lock, 'print_log',
+                        lambda message, *args, **kwargs: warnings.append(
+                            message))
+    with WorkDirLock(str(tmp_path)):
+        assert (tmp_path / LOCK_NAME).read_text().startswith('host ')
+    assert warnings == [
+        f'cannot lock {tmp_path / LOCK_NAME} ([Errno {errno.ENOLCK}] No '
+        'locks available): nothing stops a second run into this work dir']
