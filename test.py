@@ -12,6 +12,7 @@ try:  # a broken install gets a diagnosis instead of a traceback
     import torch
     from mmengine.config import Config
     from mmengine.device import get_device
+    from mmengine.utils import mkdir_or_exist
     from mmseg.datasets import CityscapesDataset
     from mmseg.registry import DATASETS, MODELS
 
@@ -192,6 +193,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     except FileNotFoundError as err:
         fail(str(err))
     use_checked_loaders(cfg, ('test_dataloader', ))
+    if args.out:
+        # mmseg 1.2.2's metrics create it in the main process alone, when
+        # built: another process may write its first label map before.
+        try:
+            mkdir_or_exist(args.out)
+        except OSError as err:
+            fail(f'--out {args.out}: cannot make this folder ({err})')
     runner = build_runner(cfg, notes + setup_launcher(cfg, args.launcher))
     if args.compile:
         compile_inference(runner.model)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-from mmseg.evaluation.metrics import citys_metric
+from mmseg.evaluation.metrics import citys_metric, iou_metric
 from PIL import Image
 
 from regproxy.datasets import generate_shapes_dataset
@@ -194,3 +194,24 @@ def test_two_processes_write_the_same_label_maps(tiny, labelled_preds,
         str(tmp_path), *_on_folder(tiny.images)
     ])
     assert _pngs(tmp_path / 'preds') == _pngs(labelled_preds)
+
+
+def test_a_process_that_is_not_the_main_one_finds_the_out_folder(
+        tiny, labelled_preds, tmp_path, monkeypatch):
+    """mmseg's IoUMetric makes ``output_dir`` in the main process alone;
+    the other processes of a run may write before it does (CI, two
+    processes): test.py makes the folder in every process."""
+    monkeypatch.setattr(iou_metric, 'is_main_process', lambda: False)
+    _test(tiny.config, tiny.checkpoint, '--format-only', '--out',
+          str(tmp_path / 'preds'), '--work-dir', str(tmp_path),
+          *_on_folder(tiny.images))
+    assert _pngs(tmp_path / 'preds') == _pngs(labelled_preds)
+
+
+def test_out_that_is_a_file_is_named(tiny, tmp_path):
+    (tmp_path / 'preds').write_text('not a folder')
+    with pytest.raises(SystemExit, match=r'--out .*preds: cannot make'):
+        _test(tiny.config, tiny.checkpoint, '--format-only', '--out',
+              str(tmp_path / 'preds'), '--work-dir', str(tmp_path),
+              *_on_folder(tiny.images))
+    assert (tmp_path / 'preds').read_text() == 'not a folder'
