@@ -31,14 +31,54 @@ from .hybrid_embed import HYBRID_STEMS, HybridPatchEmbed
 __all__ = ['RegionProxyViT']
 
 
+# Bytes of the (B, heads, rows, N) scores of one chunk of query rows in
+# explicit attention on the CPU: bounded so that glibc serves them from its
+# heap; larger blocks are mapped afresh on every call, whose page faults
+# took more time than the matmuls (1024-4096 tokens, 2 vCPUs).
+CPU_SCORES_BYTES = 4 * 2**20
+
+
+def prefers_explicit_attention(q: torch.Tensor, dropout_p: float) -> bool:
+    """Whether explicit matmuls beat ``F.scaled_dot_product_attention`` for
+    queries ``q``: bfloat16 inference on a CPU with bfloat16 instructions,
+    where torch 2.12's fused kernel runs no faster than in float32 but the
+    matmuls about 2.5x faster (docs/speed.md). Where bfloat16 is emulated
+    the fused kernel is 3.5x faster than the matmuls."""
+    capabilities = torch.cpu.get_capabilities()
+    return (q.device.type == 'cpu' and q.dtype == torch.bfloat16
+            and dropout_p == 0 and not torch.is_grad_enabled()
+            and any(capabilities.get(name, False)
+                    for name in ('avx512_bf16', 'amx_bf16')))
+
+
+def explicit_attention(q: torch.Tensor,
+                       k: torch.Tensor,
+                       v: torch.Tensor,
+                       dropout_p: float = 0.,
+                       max_scores_bytes: Optional[int] = None) -> torch.Tensor:
+    """(B, heads, N, D) softmax attention by explicit matmuls (the reference
+    form of the fused kernel), ``max_scores_bytes`` bounding the scores
+    built at once (a chunk of query rows each; None: all rows)."""
+    scale, keys = q.shape[-1]**-0.5, k.transpose(-2, -1)
+    B, heads, N, _ = q.shape
+    rows = N if max_scores_bytes is None else max(
+        1, max_scores_bytes // (B * heads * k.shape[2] * q.element_size()))
+    chunks = [
+        F.dropout(((q[:, :, i:i + rows] * scale) @ keys).softmax(dim=-1),
+                  p=dropout_p) @ v for i in range(0, N, rows)
+    ]
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention on ``nn.MultiheadAttention``'s parameters.
 
     The parameters live in ``self.attn`` (an ``nn.MultiheadAttention``) so the
     released names ``attn.in_proj_weight`` and ``attn.out_proj.*`` are kept,
     but the forward pass calls ``F.scaled_dot_product_attention`` (fused
-    kernels on CPU and GPU). ``fused_attn=False`` computes the softmax
-    explicitly, as a reference.
+    kernels on CPU and GPU), except where explicit matmuls are faster
+    (:func:`prefers_explicit_attention`). ``fused_attn=False`` computes the
+    softmax explicitly everywhere, as a reference.
     """
 
     def __init__(self,
@@ -66,12 +106,12 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.view(B, N, 3, self.num_heads,
                            C // self.num_heads).permute(2, 0, 3, 1, 4)
         drop = self.attn.dropout if self.training else 0.
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        if not self.fused_attn:
+            x = explicit_attention(q, k, v, drop)
+        elif prefers_explicit_attention(q, drop):
+            x = explicit_attention(q, k, v, max_scores_bytes=CPU_SCORES_BYTES)
         else:
-            attn = (q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)
-            attn = F.dropout(attn.softmax(dim=-1), p=drop)
-            x = attn @ v
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.attn.out_proj(x))
 

@@ -1,7 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from regproxy.models.backbones import RegionProxyViT
+from regproxy.models.backbones.vit import (explicit_attention,
+                                           prefers_explicit_attention)
 
 
 def tiny_vit(**kwargs):
@@ -28,6 +31,64 @@ def test_fused_attention_matches_explicit():
         explicit = model(x)
     for a, b in zip(fused, explicit):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# B=2, 3 heads, 10 keys in float32: 240 bytes of scores per query row.
+@pytest.mark.parametrize('max_scores_bytes', [None, 1, 720, 2400])
+def test_explicit_attention_in_chunks_of_rows_matches_the_fused_kernel(
+        max_scores_bytes):
+    """One row at a time, 3 rows (the last chunk shorter), all at once."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
+    torch.testing.assert_close(
+        explicit_attention(q, k, v, max_scores_bytes=max_scores_bytes),
+        F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize('instruction', ['avx512_bf16', 'amx_bf16'])
+def test_explicit_attention_is_preferred_for_bfloat16_cpu_inference(
+        instruction, monkeypatch):
+    monkeypatch.setattr(torch.cpu, 'get_capabilities',
+                        lambda: {instruction: True})
+    q = torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert prefers_explicit_attention(q, 0.)
+        assert not prefers_explicit_attention(q, 0.1)  # dropout: fused
+        assert not prefers_explicit_attention(q.float(), 0.)
+        # bfloat16 emulated (AVX2 alone): the fused kernel is faster
+        monkeypatch.setattr(torch.cpu, 'get_capabilities',
+                            lambda: {'avx2': True, instruction: False})
+        assert not prefers_explicit_attention(q, 0.)
+    assert not prefers_explicit_attention(q, 0.)  # autograd: fused
+
+
+def test_bfloat16_inference_runs_explicit_attention(monkeypatch):
+    """Under bfloat16 autocast without grad the layers skip the fused
+    kernel and stay as close to float32 as the fused kernel in bfloat16;
+    with grad they call it."""
+    torch.manual_seed(0)
+    model = tiny_vit().eval()
+    x = torch.randn(1, 3, 64, 64)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, 'scaled_dot_product_attention',
+                        lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            monkeypatch.setattr(torch.cpu, 'get_capabilities', dict)
+            fused = model(x)
+            assert len(calls) == 2 * len(model.layers)
+            monkeypatch.setattr(torch.cpu, 'get_capabilities',
+                                lambda: {'avx512_bf16': True})
+            explicit = model(x)
+    assert len(calls) == 2 * len(model.layers)
+    for ours, fused_out, ref in zip(explicit, fused, expected):
+        error = (ours.float() - ref).abs().max()
+        assert 0 < error <= 2 * (fused_out.float() - ref).abs().max()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        model(x)
+    assert len(calls) == 3 * len(model.layers)
 
 
 def test_fused_attention_matches_nn_multihead_attention():
