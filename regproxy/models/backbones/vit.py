@@ -44,11 +44,12 @@ def prefers_explicit_attention(q: torch.Tensor, dropout_p: float) -> bool:
     where torch 2.12's fused kernel runs no faster than in float32 but the
     matmuls about 2.5x faster (docs/speed.md). Where bfloat16 is emulated
     the fused kernel is 3.5x faster than the matmuls."""
+    if (q.device.type != 'cpu' or q.dtype != torch.bfloat16
+            or dropout_p != 0 or torch.is_grad_enabled()):
+        return False
     capabilities = torch.cpu.get_capabilities()
-    return (q.device.type == 'cpu' and q.dtype == torch.bfloat16
-            and dropout_p == 0 and not torch.is_grad_enabled()
-            and any(capabilities.get(name, False)
-                    for name in ('avx512_bf16', 'amx_bf16')))
+    return any(capabilities.get(name, False)
+               for name in ('avx512_bf16', 'amx_bf16'))
 
 
 def explicit_attention(q: torch.Tensor,
