@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from regproxy.models.decode_heads.resized_cross_entropy import (
-    bilinear_taps, resize_columns, resize_rows, resize_rows_backward,
-    resized_cross_entropy, rows_matrix)
+    bilinear_taps, resize_columns, resize_columns_backward, resize_rows,
+    resize_rows_backward, resized_cross_entropy, rows_matrix)
 
 # (h, w) logits -> (H, W) labels: exact and fractional factors, odd sizes,
 # downsampling, one row or column.
@@ -35,8 +35,9 @@ def test_tiles_of_rows_and_columns_are_interpolate(sizes, align_corners):
     (h, w), (H, W) = sizes
     x = torch.randn(2, 3, h, w, dtype=torch.float64)
     expected = F.interpolate(x, (H, W), mode='bilinear',
-                             align_corners=align_corners).permute(0, 2, 3, 1)
-    columns = bilinear_taps(0, W, w, W, align_corners, torch.float64)[2:]
+                             align_corners=align_corners).transpose(1, 2)
+    columns = rows_matrix(
+        *bilinear_taps(0, W, w, W, align_corners, torch.float64)[2:], w)
     for start, stop in [(0, H), (0, 1), (H // 2, H), (H - 1, H)]:
         first, last, *rows = bilinear_taps(start, stop, h, H, align_corners,
                                       torch.float64)
@@ -44,6 +45,18 @@ def test_tiles_of_rows_and_columns_are_interpolate(sizes, align_corners):
         tile = resize_rows(band, rows_matrix(*rows, last - first))
         torch.testing.assert_close(tile, expected[:, start:stop],
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_columns_backward_is_the_adjoint_of_columns():
+    """<columns(band), grad> == <band, columns_backward(grad)>."""
+    columns = rows_matrix(*bilinear_taps(0, 13, 5, 13, False,
+                                         torch.float64)[2:], 5)
+    band = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    grad = torch.randn(2, 4, 3, 13, dtype=torch.float64)
+    back = resize_columns_backward(grad, columns)
+    assert back.shape == band.shape
+    torch.testing.assert_close((resize_columns(band, columns) * grad).sum(),
+                               (band * back).sum())
 
 
 def test_rows_backward_is_the_adjoint_of_rows():
