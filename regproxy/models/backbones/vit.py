@@ -7,7 +7,9 @@ mmsegmentation's ``VisionTransformer`` so that released checkpoints load
 unchanged; the internals follow timm (fused attention, one position-embedding
 resampler, one checkpoint filter).
 """
+import functools
 import logging
+import time
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -40,16 +42,41 @@ CPU_SCORES_BYTES = 4 * 2**20
 
 def prefers_explicit_attention(q: torch.Tensor, dropout_p: float) -> bool:
     """Whether explicit matmuls beat ``F.scaled_dot_product_attention`` for
-    queries ``q``: bfloat16 inference on a CPU with bfloat16 instructions,
-    where torch 2.12's fused kernel runs no faster than in float32 but the
-    matmuls about 2.5x faster (docs/speed.md). Where bfloat16 is emulated
-    the fused kernel is 3.5x faster than the matmuls."""
-    if (q.device.type != 'cpu' or q.dtype != torch.bfloat16
-            or dropout_p != 0 or torch.is_grad_enabled()):
-        return False
-    capabilities = torch.cpu.get_capabilities()
-    return any(capabilities.get(name, False)
-               for name in ('avx512_bf16', 'amx_bf16'))
+    queries ``q``: bfloat16 inference on a CPU where
+    :func:`explicit_bfloat16_attention_is_faster`."""
+    return (q.device.type == 'cpu' and q.dtype == torch.bfloat16
+            and dropout_p == 0 and not torch.is_grad_enabled()
+            and explicit_bfloat16_attention_is_faster())
+
+
+@functools.lru_cache(maxsize=None)
+def explicit_bfloat16_attention_is_faster() -> bool:
+    """Whether this CPU runs bfloat16 attention faster as explicit matmuls
+    (:func:`explicit_attention` in chunks) than through torch 2.12's fused
+    kernel: timed once per process, as ``torch.backends.cudnn.benchmark``
+    times kernels, on ViT-Ti's attention (3 heads of 64 channels, 1024
+    tokens; the best of 3 calls each, a fraction of a second in all). No
+    instruction flag tells: with AVX512-BF16 explicit matmuls are 2.0-2.6x
+    faster on an AMD EPYC (family 26) and 1.2-1.4x slower on an Intel Xeon
+    (family 6 model 207, no AMX); where bfloat16 is emulated, 3.5x slower
+    (docs/speed.md)."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 1, 3, 1024, 64,
+                          generator=generator).bfloat16()
+    explicit = functools.partial(explicit_attention,
+                                 max_scores_bytes=CPU_SCORES_BYTES)
+    seconds = {}
+    with torch.no_grad():
+        for name, attention in (('fused', F.scaled_dot_product_attention),
+                                ('explicit', explicit)):
+            attention(q, k, v)  # the first call sets kernels up
+            calls = []
+            for _ in range(3):
+                start = time.perf_counter()
+                attention(q, k, v)
+                calls.append(time.perf_counter() - start)
+            seconds[name] = min(calls)
+    return seconds['explicit'] < seconds['fused']
 
 
 def explicit_attention(q: torch.Tensor,

@@ -1,8 +1,10 @@
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from regproxy.models.backbones import RegionProxyViT
+from regproxy.models.backbones import RegionProxyViT, vit
 from regproxy.models.backbones.vit import (explicit_attention,
                                            prefers_explicit_attention)
 
@@ -45,27 +47,65 @@ def test_explicit_attention_in_chunks_of_rows_matches_the_fused_kernel(
         F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize('instruction', ['avx512_bf16', 'amx_bf16'])
-def test_explicit_attention_is_preferred_for_bfloat16_cpu_inference(
-        instruction, monkeypatch):
-    monkeypatch.setattr(torch.cpu, 'get_capabilities',
-                        lambda: {instruction: True})
+@pytest.fixture
+def explicit_is_faster(monkeypatch):
+    """Set what the timing of explicit against fused attention found."""
+    def set_answer(answer):
+        monkeypatch.setattr(vit, 'explicit_bfloat16_attention_is_faster',
+                            lambda: answer)
+    return set_answer
+
+
+def test_explicit_attention_is_preferred_where_it_is_faster(
+        explicit_is_faster):
     q = torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16)
+    explicit_is_faster(True)
     with torch.no_grad():
         assert prefers_explicit_attention(q, 0.)
         assert not prefers_explicit_attention(q, 0.1)  # dropout: fused
         assert not prefers_explicit_attention(q.float(), 0.)
-        # bfloat16 emulated (AVX2 alone): the fused kernel is faster
-        monkeypatch.setattr(torch.cpu, 'get_capabilities',
-                            lambda: {'avx2': True, instruction: False})
+        explicit_is_faster(False)
         assert not prefers_explicit_attention(q, 0.)
+    explicit_is_faster(True)
     assert not prefers_explicit_attention(q, 0.)  # autograd: fused
 
 
-def test_bfloat16_inference_runs_explicit_attention(monkeypatch):
+@pytest.mark.parametrize('slowed', ['fused', 'explicit'])
+def test_the_faster_attention_is_found_by_timing_it_once(slowed,
+                                                         monkeypatch):
+    """Whichever form is made slower (by 20 ms a call) loses; the answer
+    is kept for the process."""
+    calls = []
+
+    def slower(attention):
+        def slowed_down(*args, **kwargs):
+            calls.append(1)
+            time.sleep(0.02)
+            return attention(*args, **kwargs)
+        return slowed_down
+
+    if slowed == 'fused':
+        monkeypatch.setattr(F, 'scaled_dot_product_attention',
+                            slower(F.scaled_dot_product_attention))
+    else:
+        monkeypatch.setattr(vit, 'explicit_attention',
+                            slower(vit.explicit_attention))
+    timed = vit.explicit_bfloat16_attention_is_faster
+    timed.cache_clear()
+    try:
+        assert timed() == (slowed == 'fused')
+        assert len(calls) == 4  # one call to set up, three timed
+        timed()
+        assert len(calls) == 4
+    finally:
+        timed.cache_clear()  # the real timing for the other tests
+
+
+def test_bfloat16_inference_runs_explicit_attention(monkeypatch,
+                                                    explicit_is_faster):
     """Under bfloat16 autocast without grad the layers skip the fused
-    kernel and stay as close to float32 as the fused kernel in bfloat16;
-    with grad they call it."""
+    kernel where explicit attention is faster and stay as close to float32
+    as the fused kernel in bfloat16; with grad they call it."""
     torch.manual_seed(0)
     model = tiny_vit().eval()
     x = torch.randn(1, 3, 64, 64)
@@ -76,11 +116,10 @@ def test_bfloat16_inference_runs_explicit_attention(monkeypatch):
     with torch.no_grad():
         expected = model(x)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            monkeypatch.setattr(torch.cpu, 'get_capabilities', dict)
+            explicit_is_faster(False)
             fused = model(x)
             assert len(calls) == 2 * len(model.layers)
-            monkeypatch.setattr(torch.cpu, 'get_capabilities',
-                                lambda: {'avx512_bf16': True})
+            explicit_is_faster(True)
             explicit = model(x)
     assert len(calls) == 2 * len(model.layers)
     for ours, fused_out, ref in zip(explicit, fused, expected):
