@@ -352,10 +352,9 @@ def print_comparison(results: List[dict]) -> None:
 
 
 def machine(device: torch.device) -> str:
-    """The CPU's model name, family and model and which of
-    :data:`CPU_FLAGS` it has, from Linux's /proc/cpuinfo (torch 2.12 has no
-    public query; the memory workers read /proc too), the GPU, the torch
-    version and the threads it runs."""
+    """The CPU's model name, family, model and which of :data:`CPU_FLAGS`
+    it has, from Linux's /proc/cpuinfo (``torch.cpu.get_capabilities()``
+    names no CPU model), the GPU, the torch version and its threads."""
     fields = {}
     with open('/proc/cpuinfo') as f:
         for line in f:
