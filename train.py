@@ -54,7 +54,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--amp',
         action='store_true',
         help='mixed precision: float16 with dynamic loss scaling on CUDA, '
-        'bfloat16 on the CPU (slow without bfloat16 instructions)')
+        'bfloat16 on the CPU (often slower than float32: docs/speed.md)')
     parser.add_argument(
         '--accumulate',
         type=_accumulate,

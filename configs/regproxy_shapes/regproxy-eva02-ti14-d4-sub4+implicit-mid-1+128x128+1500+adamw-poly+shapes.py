@@ -3,8 +3,8 @@
 # position embedding, SwiGLU MLP) cut to 4 layers, the CPU-sized check of the
 # timm backbone and of the head at patch 14. The 128 crops are padded to
 # 140 = 10 x 14; region_res 4 gives stride 3.5 (see
-# configs/_base_/models/regproxy_timm_vit-s14.py). On 2 cores (Intel Xeon,
-# AVX-512), 0.22 s/iteration, 6 minutes from an empty data/; val mIoU 85.7.
+# configs/_base_/models/regproxy_timm_vit-s14.py). Time and val mIoU on two
+# CPU cores: README.md, "Try it on a laptop".
 _base_ = [
     '../_base_/models/regproxy_timm_vit-s14.py',
     '../_base_/datasets/shapes.py',
