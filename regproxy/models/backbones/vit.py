@@ -63,20 +63,21 @@ def explicit_bfloat16_attention_is_faster() -> bool:
     generator = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(3, 1, 3, 1024, 64,
                           generator=generator).bfloat16()
+
+    def fastest_call(attention) -> float:
+        attention(q, k, v)  # the first call sets kernels up
+        calls = []
+        for _ in range(3):
+            start = time.perf_counter()
+            attention(q, k, v)
+            calls.append(time.perf_counter() - start)
+        return min(calls)
+
     explicit = functools.partial(explicit_attention,
                                  max_scores_bytes=CPU_SCORES_BYTES)
-    seconds = {}
     with torch.no_grad():
-        for name, attention in (('fused', F.scaled_dot_product_attention),
-                                ('explicit', explicit)):
-            attention(q, k, v)  # the first call sets kernels up
-            calls = []
-            for _ in range(3):
-                start = time.perf_counter()
-                attention(q, k, v)
-                calls.append(time.perf_counter() - start)
-            seconds[name] = min(calls)
-    return seconds['explicit'] < seconds['fused']
+        return fastest_call(explicit) < fastest_call(
+            F.scaled_dot_product_attention)
 
 
 def explicit_attention(q: torch.Tensor,

@@ -168,9 +168,7 @@ class _TiledCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, class_weight, ignore_index,
                 align_corners, tile_elements):
-        B, K = logits.shape[:2]
         columns = _columns_matrix(logits, labels.shape[2], align_corners)
-        logits = logits.detach()
         loss = logits.new_zeros(())
         correct = labels.new_zeros(())
         # The loss is a sum, so its gradient is known here, up to the factor
