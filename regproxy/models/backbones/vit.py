@@ -57,9 +57,9 @@ def explicit_bfloat16_attention_is_faster() -> bool:
     times kernels, on ViT-Ti's attention (3 heads of 64 channels, 1024
     tokens; the best of 3 calls each, a fraction of a second in all). No
     instruction flag tells: with AVX512-BF16 explicit matmuls are 2.0-2.6x
-    faster on an AMD EPYC (family 26) and 1.2-1.4x slower on an Intel Xeon
-    (family 6 model 207, no AMX); where bfloat16 is emulated, 3.5x slower
-    (docs/speed.md)."""
+    faster on an AMD EPYC (family 26), 1.2-1.4x slower on an Intel Xeon
+    (family 6 model 207, no AMX) and 4-8x slower on one with AMX (model
+    167); where bfloat16 is emulated, 3.5x slower (docs/speed.md)."""
     generator = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(3, 1, 3, 1024, 64,
                           generator=generator).bfloat16()
