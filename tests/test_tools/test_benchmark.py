@@ -144,6 +144,25 @@ def test_benchmark_frozen_times_training_with_a_frozen_backbone(tiny,
                      r'x[\d.]+ memory', out)
 
 
+def test_benchmark_class_maps_times_predict_without_and_with_logits(
+        tiny, capsys):
+    cfg = Config.fromfile(tiny[0])
+    for path, keeps_logits in zip(benchmark.CLASS_MAP_PATHS, (False, True)):
+        model = benchmark.build_model(cfg, path, torch.device('cpu'))
+        assert model.test_cfg.return_logits is keeps_logits
+    benchmark.main([tiny[0], '--class-maps', '--shape', '64', '96',
+                    '--iters', '1', '--warmup', '0', '--dtypes', 'float32'])
+    out = capsys.readouterr().out
+    assert ('float32 class maps, class_maps vs logits: 100.00% of the '
+            'pixels equal') in out
+    for path in benchmark.CLASS_MAP_PATHS:
+        assert re.search(rf'^64x96 predict float32 +{path}( +[\d.]+){{3}}',
+                         out, re.M)
+    assert ' infer ' not in out
+    with pytest.raises(SystemExit):
+        benchmark.main([tiny[0], '--class-maps', '--train'])
+
+
 def test_benchmark_refuses_two_reference_paths(tiny):
     with pytest.raises(SystemExit):
         benchmark.main([tiny[0], '--frozen', '--compile'])

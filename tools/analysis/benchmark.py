@@ -3,7 +3,7 @@ implementations, side by side in one run, on the machine it prints.
 
     python tools/analysis/benchmark.py CONFIG [CHECKPOINT] [--shape H W]
         [--dtypes float32 bfloat16] [--train] [--with-cp]
-        [--compile | --frozen]
+        [--compile | --frozen | --class-maps] [--cfg-options KEY=VALUE ...]
 
 What each mode times and how is in docs/speed.md (``--frozen``:
 docs/frozen_backbones.md).
@@ -23,7 +23,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.optim import OptimWrapper
 from mmengine.structures import PixelData
 from mmseg.models.backbones import VisionTransformer
@@ -36,12 +36,13 @@ from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
                              trusted_checkpoints)
 from regproxy.models.backbones import RegionProxyViT
 from regproxy.utils import (DTYPES, add_shape_arg, add_trust_checkpoint_arg,
-                            fail)
+                            fail, load_config)
 
 # The paths each mode times, ours first; the first two get the same weights.
 PATHS = ('ours', 'straightforward', 'segmenter')
 COMPILE_PATHS = ('compiled', 'ours')
 FROZEN_PATHS = ('frozen', 'full')
+CLASS_MAP_PATHS = ('class_maps', 'logits')  # test_cfg.return_logits
 # The CPU flags that decide float32 and bfloat16 speed here.
 CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
 MEMORY_STEPS = 2  # calls of a step during a peak-memory measurement
@@ -120,11 +121,14 @@ def repo_script(name: str) -> dict:
 
 def build_model(cfg: Config, path: str, device: torch.device) -> nn.Module:
     """The segmentor timed as ``path`` (one of :data:`PATHS`,
-    :data:`COMPILE_PATHS`, :data:`FROZEN_PATHS`), with PyTorch's default
-    initialisation: no pretrained file is read."""
+    :data:`COMPILE_PATHS`, :data:`FROZEN_PATHS`, :data:`CLASS_MAP_PATHS`),
+    with PyTorch's default initialisation: no pretrained file is read."""
     model_cfg = {'straightforward': straightforward_cfg,
                  'segmenter': segmenter_cfg}.get(
                      path, standalone_model_cfg)(cfg.model)
+    if path in CLASS_MAP_PATHS:
+        model_cfg['test_cfg'] = dict(model_cfg.get('test_cfg') or {},
+                                     return_logits=path == 'logits')
     model = MODELS.build(model_cfg)
     if path == 'frozen':
         backbone = model.backbone
@@ -147,14 +151,22 @@ def make_step(args: argparse.Namespace, model: nn.Module, mode: str,
               dtype: str) -> Step:
     """The step of one case on its random input, under autocast to
     ``dtype`` (none for float32). ``infer``: one whole-image forward
-    (backbone, head, resize to the input size); ``train``: the loss on random
-    labels, backward and an AdamW step (the recipe's settings)."""
+    (backbone, head, resize to the input size); ``predict``: ``predict()``
+    in the config's test mode (whole or slide); ``train``: the loss on
+    random labels, backward and an AdamW step (the recipe's settings)."""
     device = torch.device(args.device)
     images = make_inputs(args.batch if mode == 'infer' else args.train_batch,
                          args.shape, device)
     cast = partial(torch.autocast, device.type, dtype=DTYPES[dtype],
                    enabled=dtype != 'float32')
     model.train(mode == 'train')
+    if mode == 'predict':
+
+        def step():
+            with torch.no_grad(), cast():
+                model.predict(images)
+
+        return step
     if mode == 'infer':
         metas = [dict(img_shape=args.shape)]
 
@@ -187,6 +199,17 @@ def compare_logits(models: Sequence[nn.Module],
         first, second = (model.eval().encode_decode(images, metas).float()
                          for model in models)
     return (first - second).abs().max().item(), first.abs().max().item()
+
+
+def compare_class_maps(models: Sequence[nn.Module],
+                       images: torch.Tensor) -> float:
+    """The fraction of pixels where two models' float32 ``predict()``
+    gives the same class."""
+    with torch.no_grad():
+        first, second = (torch.cat([
+            sample.pred_sem_seg.data for sample in model.eval().predict(images)
+        ]) for model in models)
+    return (first == second).double().mean().item()
 
 
 def time_steps(steps: Dict[Hashable, Step], iters: int, warmup: int,
@@ -271,7 +294,8 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
     times and peak memory."""
     device = torch.device(args.device)
     paths = (COMPILE_PATHS if args.compile else
-             FROZEN_PATHS if args.frozen else PATHS)
+             FROZEN_PATHS if args.frozen else
+             CLASS_MAP_PATHS if args.class_maps else PATHS)
     torch.manual_seed(0)
     models = {path: build_model(cfg, path, device) for path in paths}
     ours, other = list(models.values())[:2]
@@ -284,19 +308,29 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
         fail(f'{args.config}: the weights of {paths[0]} do not fit '
              f'{paths[1]} (mmseg VisionTransformer: plain RegionProxyViT '
              f'backbones only, not timm, DeiT or hybrid ones): {error}')
-    start = time.perf_counter()
-    diff, scale = compare_logits(
-        (ours, other), make_inputs(args.batch, args.shape, device))
-    if args.compile:
-        print(f'compiled (first call) in {time.perf_counter() - start:.1f} s')
-    print(f'float32 logits, {paths[0]} vs {paths[1]}: max |diff| '
-          f'{diff:.3g} (max |logit| {scale:.3g})')
-    if not diff <= 1e-4 * max(scale, 1.):  # NaN too
+    images = make_inputs(args.batch, args.shape, device)
+    if args.class_maps:
+        same = compare_class_maps((ours, other), images)
+        print(f'float32 class maps, {paths[0]} vs {paths[1]}: {same:.2%} of '
+              'the pixels equal')
+        agree = same == 1
+    else:
+        start = time.perf_counter()
+        diff, scale = compare_logits((ours, other), images)
+        if args.compile:
+            print('compiled (first call) in '
+                  f'{time.perf_counter() - start:.1f} s')
+        print(f'float32 logits, {paths[0]} vs {paths[1]}: max |diff| '
+              f'{diff:.3g} (max |logit| {scale:.3g})')
+        agree = diff <= 1e-4 * max(scale, 1.)  # False for NaN too
+    if not agree:
         weights = args.checkpoint or 'the random initial weights'
-        fail(f'{args.config}: the float32 logits of the two paths disagree '
-             f'or are not finite with {weights}; timings would compare '
-             'different models')
+        outputs = 'class maps' if args.class_maps else 'logits'
+        fail(f'{args.config}: the float32 {outputs} of the two paths '
+             f'disagree or are not finite with {weights}; timings would '
+             'compare different models')
     modes = (['train'] if args.frozen else  # it infers as a full backbone
+             ['predict'] if args.class_maps else
              ['infer', 'train'] if args.train else ['infer'])
     results = []
     for mode in modes:
@@ -399,13 +433,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         '--frozen', action='store_true',
         help='time training steps with the whole backbone frozen (only the '
         'head trains) against training in full')
+    paths.add_argument(
+        '--class-maps', action='store_true',
+        help="time predict() in the config's test mode returning class maps "
+        'only (test_cfg.return_logits=False) against returning the logits')
     parser.add_argument(
         '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='config overrides, e.g. model.test_cfg.mode=whole')
     add_trust_checkpoint_arg(parser)
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.compile and args.train:
-        parser.error('--compile times inference only; drop --train')
+    if (args.compile or args.class_maps) and args.train:
+        parser.error('--compile and --class-maps time inference only; drop '
+                     '--train')
     return args
 
 
@@ -413,7 +455,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     register_all_modules()
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config, args.cfg_options)
     if args.with_cp:
         cfg.model.backbone.with_cp = True
     args.shape = tuple(args.shape or cfg.get('crop_size', (512, 512)))
