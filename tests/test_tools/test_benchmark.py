@@ -163,6 +163,35 @@ def test_benchmark_class_maps_times_predict_without_and_with_logits(
         benchmark.main([tiny[0], '--class-maps', '--train'])
 
 
+def test_benchmark_class_maps_stop_on_a_disagreement(tiny, monkeypatch):
+    monkeypatch.setattr(benchmark, 'compare_class_maps',
+                        lambda models, images: 0.999)
+    with pytest.raises(SystemExit) as error:
+        benchmark.main([tiny[0], '--class-maps', '--iters', '1',
+                        '--dtypes', 'float32'])
+    assert str(error.value) == (
+        f'error: {tiny[0]}: the float32 class maps of the two paths '
+        'disagree or are not finite with the random initial weights; '
+        'timings would compare different models')
+
+
+def test_benchmark_takes_cfg_options(tiny, monkeypatch):
+    built = []
+    build_model = benchmark.build_model
+    monkeypatch.setattr(
+        benchmark, 'build_model',
+        lambda cfg, path, device: built.append(cfg) or build_model(
+            cfg, path, device))
+    benchmark.main([tiny[0], '--class-maps', '--shape', '32', '32',
+                    '--iters', '1', '--warmup', '0', '--dtypes', 'float32',
+                    '--cfg-options', 'model.test_cfg.mode=whole'])
+    # the tiny config slides
+    assert {cfg.model.test_cfg.mode for cfg in built} == {'whole'}
+    with pytest.raises(SystemExit) as error:  # a misspelt key is refused
+        benchmark.main([tiny[0], '--cfg-options', 'model.test_cfg.mdoe=x'])
+    assert 'mdoe' in str(error.value)
+
+
 def test_benchmark_refuses_two_reference_paths(tiny):
     with pytest.raises(SystemExit):
         benchmark.main([tiny[0], '--frozen', '--compile'])
