@@ -170,9 +170,22 @@ def test_benchmark_class_maps_stop_on_a_disagreement(tiny, monkeypatch):
         benchmark.main([tiny[0], '--class-maps', '--iters', '1',
                         '--dtypes', 'float32'])
     assert str(error.value) == (
-        f'error: {tiny[0]}: the float32 class maps of the two paths '
-        'disagree or are not finite with the random initial weights; '
-        'timings would compare different models')
+        f'error: {tiny[0]}: predict() gives other class maps without the '
+        'logits than with them on 0.10% of the pixels; return_logits=False '
+        'must not change predictions')
+
+
+def test_predict_step_runs_the_inference_batch(tiny):
+    args = benchmark.parse_args([tiny[0], '--class-maps', '--batch', '3'])
+    args.shape = (32, 32)
+    batches = []
+
+    class Recorder(torch.nn.Module):
+        def predict(self, images):
+            batches.append(len(images))
+
+    benchmark.make_step(args, Recorder(), 'predict', 'float32')()
+    assert batches == [3]  # not --train-batch
 
 
 def test_benchmark_takes_cfg_options(tiny, monkeypatch):

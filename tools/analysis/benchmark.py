@@ -155,7 +155,7 @@ def make_step(args: argparse.Namespace, model: nn.Module, mode: str,
     in the config's test mode (whole or slide); ``train``: the loss on
     random labels, backward and an AdamW step (the recipe's settings)."""
     device = torch.device(args.device)
-    images = make_inputs(args.batch if mode == 'infer' else args.train_batch,
+    images = make_inputs(args.train_batch if mode == 'train' else args.batch,
                          args.shape, device)
     cast = partial(torch.autocast, device.type, dtype=DTYPES[dtype],
                    enabled=dtype != 'float32')
@@ -313,7 +313,10 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
         same = compare_class_maps((ours, other), images)
         print(f'float32 class maps, {paths[0]} vs {paths[1]}: {same:.2%} of '
               'the pixels equal')
-        agree = same == 1
+        if same != 1:
+            fail(f'{args.config}: predict() gives other class maps without '
+                 f'the logits than with them on {1 - same:.2%} of the '
+                 'pixels; return_logits=False must not change predictions')
     else:
         start = time.perf_counter()
         diff, scale = compare_logits((ours, other), images)
@@ -322,13 +325,11 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
                   f'{time.perf_counter() - start:.1f} s')
         print(f'float32 logits, {paths[0]} vs {paths[1]}: max |diff| '
               f'{diff:.3g} (max |logit| {scale:.3g})')
-        agree = diff <= 1e-4 * max(scale, 1.)  # False for NaN too
-    if not agree:
-        weights = args.checkpoint or 'the random initial weights'
-        outputs = 'class maps' if args.class_maps else 'logits'
-        fail(f'{args.config}: the float32 {outputs} of the two paths '
-             f'disagree or are not finite with {weights}; timings would '
-             'compare different models')
+        if not diff <= 1e-4 * max(scale, 1.):  # NaN too
+            weights = args.checkpoint or 'the random initial weights'
+            fail(f'{args.config}: the float32 logits of the two paths '
+                 f'disagree or are not finite with {weights}; timings would '
+                 'compare different models')
     modes = (['train'] if args.frozen else  # it infers as a full backbone
              ['predict'] if args.class_maps else
              ['infer', 'train'] if args.train else ['infer'])
@@ -347,7 +348,7 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
             results.append(dict(
                 case=case, mode=mode, peaks=peaks,
                 times={path: times[path, dtype] for path in paths},
-                batch=args.batch if mode == 'infer' else args.train_batch))
+                batch=args.train_batch if mode == 'train' else args.batch))
     return results
 
 
