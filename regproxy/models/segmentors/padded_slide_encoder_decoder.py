@@ -25,6 +25,27 @@ def _as_tuple(value) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else (value, )
 
 
+def _update_argmax(best: List[torch.Tensor], index: List[torch.Tensor],
+                   k0: int, chunk_scores: Sequence[torch.Tensor],
+                   index_dtype: torch.dtype) -> None:
+    """Fold the (c, H, W) scores of classes ``k0:k0 + c`` of every image
+    into its running maximum ``best`` and argmax ``index`` (both empty
+    before the first chunk), one class at a time, in place."""
+    for i, image_scores in enumerate(chunk_scores):
+        for k, values in enumerate(image_scores, start=k0):
+            if k == 0:
+                best.append(values.clone())
+                index.append(values.new_zeros(values.shape,
+                                              dtype=index_dtype))
+                continue
+            # Larger, or NaN where the best is not: not (values <= best)
+            # for a number best, never for a NaN best.
+            better = (values <= best[i]).logical_not_().logical_and_(
+                best[i] == best[i])
+            index[i].masked_fill_(better, k)
+            torch.maximum(best[i], values, out=best[i])  # NaN stays
+
+
 def argmax_by_chunks(
         num_classes: int, chunk: int,
         scores: Callable[[int, int], Sequence[torch.Tensor]]
@@ -43,20 +64,18 @@ def argmax_by_chunks(
     Returns:
         list[Tensor]: (H, W) int64 class indices of every image.
     """
-    best = index = None
+    # Besides a chunk, the peak holds one float map and one map of indices
+    # (uint8 for up to 256 classes) per image: no max() over the chunk
+    # with its values and int64 indices, and no torch.where copy (on
+    # Cityscapes slide, 1024 x 2048: 56 MiB less). A chunk's scores are
+    # freed before the next chunk's are computed.
+    index_dtype = torch.uint8 if num_classes <= 256 else torch.long
+    best, index = [], []
     for k0 in range(0, num_classes, chunk):
-        maxima = [s.max(0) for s in scores(k0, min(k0 + chunk, num_classes))]
-        if best is None:
-            best, index = map(list, zip(*maxima))
-            continue
-        for i, (values, indices) in enumerate(maxima):
-            # Larger, or NaN where the best is not: not (values <= best)
-            # for a number best, never for a NaN best.
-            better = (values <= best[i]).logical_not_().logical_and_(
-                best[i] == best[i])
-            index[i] = torch.where(better, indices.add_(k0), index[i])
-            torch.maximum(best[i], values, out=best[i])  # NaN stays
-    return index
+        _update_argmax(best, index, k0,
+                       scores(k0, min(k0 + chunk, num_classes)), index_dtype)
+    del best
+    return [indices.long() for indices in index]
 
 
 @MODELS.register_module()

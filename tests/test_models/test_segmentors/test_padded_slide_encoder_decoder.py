@@ -158,3 +158,16 @@ def test_test_cfg_takes_return_logits_true_or_false():
         MODELS.build({**cfg, 'decode_head': {**cfg.decode_head,
                                              'out_channels': 1,
                                              'num_classes': 2}})
+
+
+@pytest.mark.parametrize('num_classes', [3, 300])
+def test_argmax_by_chunks_equals_argmax_with_ties(num_classes):
+    # Rounded scores tie often; 300 classes outgrow uint8 indices.
+    scores = torch.randn(num_classes, 5, 7,
+                         generator=torch.Generator().manual_seed(0)).round()
+    scores[1, 0, :3] = float('nan')
+    for chunk in (1, 2, num_classes):
+        index, = argmax_by_chunks(num_classes, chunk,
+                                  lambda k0, k1: [scores[k0:k1]])
+        assert index.dtype == torch.int64
+        assert torch.equal(index, scores.argmax(0)), chunk
