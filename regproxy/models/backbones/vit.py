@@ -57,7 +57,8 @@ def explicit_bfloat16_attention_is_faster() -> bool:
     times kernels, on ViT-Ti's attention (3 heads of 64 channels, 1024
     tokens; the best of 3 calls each, a fraction of a second in all). No
     instruction flag tells: with AVX512-BF16 explicit matmuls are 2.0-2.6x
-    faster on an AMD EPYC (family 26), 1.2-1.4x slower on an Intel Xeon
+    faster on an AMD EPYC of family 26, 1.2-1.6x on one of family 25 (the
+    timing call itself), 1.2-1.4x slower on an Intel Xeon
     (family 6 model 207, no AMX) and 4-8x slower on one with AMX (model
     167); where bfloat16 is emulated, 3.5x slower (docs/speed.md)."""
     generator = torch.Generator().manual_seed(0)
@@ -88,12 +89,16 @@ def explicit_attention(q: torch.Tensor,
     """(B, heads, N, D) softmax attention by explicit matmuls (the reference
     form of the fused kernel), ``max_scores_bytes`` bounding the scores
     built at once (a chunk of query rows each; None: all rows)."""
-    scale, keys = q.shape[-1]**-0.5, k.transpose(-2, -1)
     B, heads, N, _ = q.shape
     rows = N if max_scores_bytes is None else max(
         1, max_scores_bytes // (B * heads * k.shape[2] * q.element_size()))
+    # Scaled and made contiguous once, not per chunk: matmul copies strided
+    # operands (q, k, v are views of the qkv projection) on every call,
+    # 1.26x the time of bfloat16 attention at 4096 tokens (AMD EPYC).
+    q = q * q.shape[-1]**-0.5
+    keys, v = k.transpose(-2, -1).contiguous(), v.contiguous()
     chunks = [
-        F.dropout(((q[:, :, i:i + rows] * scale) @ keys).softmax(dim=-1),
+        F.dropout((q[:, :, i:i + rows] @ keys).softmax(dim=-1),
                   p=dropout_p) @ v for i in range(0, N, rows)
     ]
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
