@@ -48,8 +48,8 @@ def token_maps(model: torch.nn.Module,
     regions = strongest_region(affinity)
     patch, (rh, rw) = model.backbone.patch_size, head.region_res
     tokens = captured['region_logits'][0].argmax(dim=-1)
-    return (to_image_grid(regions, (patch // rh, patch // rw), resized, size),
-            to_image_grid(tokens, (patch, patch), resized, size))
+    return (to_image_grid(regions, patch, (rh, rw), resized, size),
+            to_image_grid(tokens, patch, (1, 1), resized, size))
 
 
 def strongest_region(affinity: torch.Tensor) -> torch.Tensor:
@@ -64,13 +64,17 @@ def strongest_region(affinity: torch.Tensor) -> torch.Tensor:
     return token.permute(2, 0, 3, 1).reshape(h * rh, w * rw)
 
 
-def to_image_grid(cells: torch.Tensor, cell_size: Tuple[int, int],
-                  resized: Tuple[int, int],
+def to_image_grid(cells: torch.Tensor, patch: int,
+                  per_patch: Tuple[int, int], resized: Tuple[int, int],
                   image: Tuple[int, int]) -> np.ndarray:
-    """A map of (cell_h, cell_w)-pixel cells of the ``resized`` image (which
-    the backbone padded at the bottom/right) at the ``image`` (H, W) size."""
-    rows = np.arange(image[0]) * resized[0] // image[0] // cell_size[0]
-    cols = np.arange(image[1]) * resized[1] // image[1] // cell_size[1]
+    """A map of cells, ``per_patch`` (rows, cols) of them to a ``patch``
+    pixels square of the ``resized`` image (which the backbone padded at the
+    bottom/right), at the ``image`` (H, W) size. Integer arithmetic: a cell
+    may be a fraction of a pixel wide (patch 14, 4 x 4 sub-pixels)."""
+    rows = np.arange(image[0]) * resized[0] * per_patch[0] // (image[0] *
+                                                               patch)
+    cols = np.arange(image[1]) * resized[1] * per_patch[1] // (image[1] *
+                                                               patch)
     return cells.cpu().numpy()[np.ix_(rows, cols)]
 
 

@@ -51,6 +51,21 @@ def test_strongest_region_maps_neighbours_to_absolute_tokens():
     assert torch.equal(regions, expected)
 
 
+def test_image_grid_cells_may_be_fractions_of_a_pixel():
+    # Patch 14 with 4 x 4 sub-pixels (EVA-02 Ti/14, the shapes default):
+    # cells 3.5 pixels wide, the resized image 28 x 42 shown at 56 x 84.
+    cells = torch.arange(8 * 12).view(8, 12)
+    grid = demo.to_image_grid(cells, 14, (4, 4), (28, 42), (56, 84))
+    assert grid.shape == (56, 84)
+    rows = (np.arange(56) / 2 / 3.5).astype(int)
+    cols = (np.arange(84) / 2 / 3.5).astype(int)
+    assert np.array_equal(grid, cells.numpy()[np.ix_(rows, cols)])
+    assert grid[-1, -1] == cells[-1, -1]  # every cell shown, none beyond
+    tokens = demo.to_image_grid(cells[:2, :3], 14, (1, 1), (28, 42),
+                                (28, 42))
+    assert np.array_equal(tokens[::14, ::14], cells[:2, :3].numpy())
+
+
 @pytest.fixture(scope='module')
 def astronaut(tmp_path_factory):
     """(RGB 512x512 photo, its PNG file), scikit-image's astronaut."""
