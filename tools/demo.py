@@ -70,11 +70,10 @@ def to_image_grid(cells: torch.Tensor, patch: int,
     """A map of cells, ``per_patch`` (rows, cols) of them to a ``patch``
     pixels square of the ``resized`` image (which the backbone padded at the
     bottom/right), at the ``image`` (H, W) size. Integer arithmetic: a cell
-    may be a fraction of a pixel wide (patch 14, 4 x 4 sub-pixels)."""
-    rows = np.arange(image[0]) * resized[0] * per_patch[0] // (image[0] *
-                                                               patch)
-    cols = np.arange(image[1]) * resized[1] * per_patch[1] // (image[1] *
-                                                               patch)
+    need not be a whole number of pixels wide (patch 14, 4 x 4 sub-pixels:
+    3.5 pixels)."""
+    rows, cols = (np.arange(side) * scaled * cells // (side * patch)
+                  for side, scaled, cells in zip(image, resized, per_patch))
     return cells.cpu().numpy()[np.ix_(rows, cols)]
 
 
