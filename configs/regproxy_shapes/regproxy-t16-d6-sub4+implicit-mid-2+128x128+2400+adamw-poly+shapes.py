@@ -1,8 +1,8 @@
 # RegionProxy with a ViT-Ti/16-wide backbone (6 layers instead of 12),
 # trained from scratch on the synthetic shapes dataset: a CPU-sized check of
 # the whole pipeline. Its time and val mIoU on two CPU cores, and the
-# score of a per-pixel colour lookup (tools/analysis/colour_baseline.py):
-# README.md, "Try it on a laptop".
+# score of a per-pixel colour lookup (tools/misc/check_dataset.py
+# --colour-lookup): README.md, "Try it on a laptop".
 _base_ = [
     '../_base_/models/regproxy_vit-b16.py', '../_base_/datasets/shapes.py',
     '../_base_/default_runtime.py', '../_base_/schedules/adamw.py'

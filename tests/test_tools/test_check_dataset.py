@@ -1,16 +1,23 @@
 """tools/misc/check_dataset.py on tiny generated datasets, clean and with
-planted faults."""
+planted faults; its colour lookup scores high where colour gives the class
+away, and low on the shapes dataset."""
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from mmengine.config import Config
 
 from regproxy.datasets import generate_shapes_dataset
+from regproxy.utils import load_config
 from tests.scripts import load_script
 
 NUM_CLASSES = 8
+REPO = Path(__file__).resolve().parents[2]
+SHAPES_CONFIG = (
+    REPO / 'configs' / 'regproxy_shapes' /
+    'regproxy-t16-d6-sub4+implicit-mid-2+128x128+2400+adamw-poly+shapes.py')
 
 CONFIG = """
 default_scope = 'mmseg'
@@ -152,8 +159,8 @@ def test_missing_config_and_split(tmp_path, clean_root, capsys):
     config.write_text(CONFIG.format(root=clean_root).split('val_')[0])
     with pytest.raises(SystemExit):
         check_dataset.main([str(config), '--split', 'val'])
-    assert ("  val: cannot list its samples: KeyError: 'val_dataloader'"
-            in capsys.readouterr().out)
+    assert '  val: the config has no val_dataloader' in (
+        capsys.readouterr().out)
 
 
 WRAPPED = """
@@ -223,3 +230,84 @@ def test_size_mismatch_of_a_turned_label_map_names_the_exif_tag(tmp_path,
             f'{image} is 128x160: they must have the same size. Its sides '
             'are swapped: if the image has an EXIF orientation tag') in (
                 capsys.readouterr().out)
+
+
+# Three classes, each its own colour, in one folder read as train and val.
+COLOURED_CONFIG = """
+default_scope = 'mmseg'
+dataset = dict(
+    type='BaseSegDataset', data_root='{root}', img_suffix='.png',
+    metainfo=dict(classes=('sky', 'grass', 'road')),
+    data_prefix=dict(img_path='img', seg_map_path='ann'), pipeline=[])
+train_dataloader = dict(dataset=dataset)
+val_dataloader = dict(dataset=dataset)
+"""
+
+
+def test_colour_index_quantises_each_channel():
+    image = np.array([[[0, 15, 16], [255, 255, 255], [16, 0, 0]]], np.uint8)
+    index = check_dataset.colour_index(image, 16)
+    assert index.tolist() == [[1, 4095, 256]]
+    assert check_dataset.colour_index(image, 1).tolist() == [[0, 0, 0]]
+
+
+def _coloured_dataset(root: Path) -> Config:
+    """Four images whose classes are coded by colour (plus noise)."""
+    rng = np.random.default_rng(0)
+    colours = np.array([[200, 120, 40], [40, 180, 60], [90, 90, 90]])
+    for folder in ('img', 'ann'):
+        (root / folder).mkdir()
+    for i in range(4):
+        label = np.kron(rng.integers(0, 3, (4, 4)), np.ones((8, 8), int))
+        noise = rng.integers(-6, 7, label.shape + (3, ))
+        image = np.clip(colours[label] + noise, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / 'img' / f'{i}.png'), image)
+        cv2.imwrite(str(root / 'ann' / f'{i}.png'), label.astype(np.uint8))
+    return Config.fromstring(COLOURED_CONFIG.format(root=root), '.py')
+
+
+@pytest.mark.parametrize('levels, low, high', [(16, 100, 100), (1, 0, 30)])
+def test_colour_coded_classes_are_found(tmp_path, levels, low, high):
+    """16 levels: the lookup is perfect; 1 level: every pixel gets the most
+    frequent class."""
+    cfg = _coloured_dataset(tmp_path)
+    lookup = check_dataset.ColourLookup(levels)
+    check_dataset.check_split('train', cfg, lookup.fit)
+    check_dataset.check_split('val', cfg, lookup.score)
+    assert lookup.fitted == len(lookup.metric.results) == 4
+    assert low <= lookup.metrics()['mIoU'] <= high
+
+
+def test_colour_lookup_reads_datasets_inside_wrappers(tmp_path, capsys):
+    """Each dataset of a ConcatDataset is read (here the same one twice)."""
+    _coloured_dataset(tmp_path)
+    config = tmp_path / 'wrapped.py'
+    config.write_text(
+        COLOURED_CONFIG.format(root=tmp_path) + 'train_dataloader = dict('
+        "dataset=dict(type='ConcatDataset', datasets=[dataset, dataset]))\n")
+    check_dataset.main([str(config), '--colour-lookup'])
+    assert ('colour lookup (16 levels per RGB channel, fit on 8 training '
+            'images, scored on 4 validation images): mIoU 100.00' in
+            capsys.readouterr().out)
+
+
+def test_shapes_colours_do_not_give_the_class_away(tmp_path):
+    root = generate_shapes_dataset(
+        str(tmp_path / 'shapes'), num_train=100, num_val=40)
+    cfg = load_config(str(SHAPES_CONFIG), {
+        'train_dataloader.dataset.data_root': root,
+        'val_dataloader.dataset.data_root': root})
+    lookup = check_dataset.ColourLookup()
+    check_dataset.check_split('train', cfg, lookup.fit)
+    check_dataset.check_split('val', cfg, lookup.score)
+    assert (lookup.fitted, len(lookup.metric.results)) == (100, 40)
+    assert 0 < lookup.metrics()['mIoU'] <= 30
+
+
+def test_colour_lookup_needs_train_and_val(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        check_dataset.main([str(SHAPES_CONFIG), '--split', 'val',
+                            '--colour-lookup'])
+    assert exit_info.value.code == 2
+    assert ('--colour-lookup fits on train and scores on val: --split needs '
+            'both' in capsys.readouterr().err)
