@@ -135,6 +135,63 @@ def test_onnx_export_matches_pytorch(tiny, tmp_path, capsys):
     assert 'input 1x3x80x80' in printed
 
 
+# The README's default backbone family (rotary and absolute position
+# embeddings) and one whose embedding is resampled with antialiasing.
+TIMM_CONFIG = """
+_base_ = '{base}'
+model = dict(
+    backbone=dict(
+        _delete_=True, type='TimmRegionProxyViT', model_name='{name}',
+        img_size=(56, 56), out_indices=(0, 1), timm_kwargs=dict(depth=2)),
+    decode_head=dict(in_channels=({width}, {width})))
+"""
+
+
+@pytest.mark.parametrize('name, width', [('eva02_tiny_patch14_224', 192),
+                                         ('vit_small_patch14_dinov2', 384)])
+def test_onnx_export_of_timm_backbones(tiny, tmp_path, capsys, name, width):
+    """timm's position embeddings export (the TorchScript tracer gave an
+    unsupported antialiased resize or a graph onnxruntime refused)."""
+    pytest.importorskip('onnxruntime')
+    config = tmp_path / 'timm.py'
+    config.write_text(TIMM_CONFIG.format(base=tiny[0], name=name,
+                                         width=width))
+    worst = pytorch2onnx.main([str(config), '--out', str(tmp_path / 'm.onnx'),
+                               '--shape', '56', '56', '--dynamic'])
+    assert worst <= 1e-4
+    printed = capsys.readouterr().out
+    assert all(f'input {shape}: max' in printed
+               for shape in ('1x3x70x70', '1x3x56x56', '2x3x64x52'))
+
+
+def test_onnx_export_and_runtime_failures_are_named(tiny, tmp_path,
+                                                    monkeypatch):
+    out = str(tmp_path / 'm.onnx')
+
+    def refuse(*args, **kwargs):
+        raise torch.onnx.OnnxExporterError('aten::frobnicate is not '
+                                           'supported\n(details)')
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pytorch2onnx.torch.onnx, 'export', refuse)
+        with pytest.raises(SystemExit) as exit_info:
+            pytorch2onnx.main([tiny[0], '--out', out])
+    assert str(exit_info.value) == (
+        f'error: {tiny[0]}: torch.onnx.export failed: OnnxExporterError: '
+        'aten::frobnicate is not supported')
+
+    class BrokenSession:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError('Incompatible dimensions')
+
+    monkeypatch.setattr(pytorch2onnx.ort, 'InferenceSession', BrokenSession)
+    with pytest.raises(SystemExit) as exit_info:
+        pytorch2onnx.main([tiny[0], '--out', out, '--shape', '64', '64'])
+    assert str(exit_info.value) == (
+        f'error: {tiny[0]}: onnxruntime cannot run {out}: RuntimeError: '
+        'Incompatible dimensions')
+
+
 def test_onnx_nan_difference_fails(tiny, tmp_path, monkeypatch):
     pytest.importorskip('onnxruntime')
 
