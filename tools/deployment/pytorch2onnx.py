@@ -49,12 +49,11 @@ def export(model: nn.Module, out: str, shape: Tuple[int, int],
     takes seconds, where torch.export did not finish in 10 minutes on the
     R26 hybrid stem at free sizes)."""
     traced = not isinstance(model.backbone, TimmRegionProxyViT)
-    if not dynamic:
-        free = None
-    elif traced:
+    free = {}  # the exporter's arguments that free batch, height and width
+    if dynamic and traced:
         axes = {0: 'batch', 2: 'height', 3: 'width'}
         free = dict(dynamic_axes=dict(img=axes, logits=axes))
-    else:
+    elif dynamic:
         dim = torch.export.Dim.DYNAMIC
         free = dict(dynamic_shapes=dict(img={0: dim, 2: dim, 3: dim}))
     head = model.decode_head
@@ -67,9 +66,9 @@ def export(model: nn.Module, out: str, shape: Tuple[int, int],
     try:
         with torch.no_grad():
             torch.onnx.export(
-                wrapper, (torch.randn(2 if free else 1, 3, *shape), ), out,
+                wrapper, (torch.randn(2 if dynamic else 1, 3, *shape), ), out,
                 dynamo=not traced, opset_version=OPSET, verbose=False,
-                input_names=['img'], output_names=['logits'], **(free or {}))
+                input_names=['img'], output_names=['logits'], **free)
     finally:
         head.use_unfold = configured
 
