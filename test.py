@@ -16,13 +16,14 @@ try:  # a broken install gets a diagnosis instead of a traceback
     from mmseg.datasets import CityscapesDataset
     from mmseg.registry import DATASETS, MODELS
 
-    from regproxy.datasets import (check_data_roots, leaf_datasets,
-                                   use_checked_loaders)
+    from regproxy.datasets import (DataError, check_data_roots,
+                                   leaf_datasets, use_checked_loaders)
     from regproxy.engine import CheckpointError, unwrap_model
     from regproxy.models import PaddedSlideEncoderDecoder
     from regproxy.utils import (DTYPES, add_common_args, build_runner,
-                                end_process_group, fail, load_script_config,
-                                parse_with_paths, setup_launcher)
+                                end_process_group, error_text, fail,
+                                load_script_config, parse_with_paths,
+                                setup_launcher)
 except ImportError as error:
     sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
                                 'check_env.py'))['stack_import_hint'](error))
@@ -190,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     cfg, notes = prepare_config(args)
     try:
         check_data_roots(cfg, ('test_dataloader', ))
-    except FileNotFoundError as err:
+        notes += setup_launcher(cfg, args.launcher)
+    except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     use_checked_loaders(cfg, ('test_dataloader', ))
     if args.out:
@@ -200,17 +202,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
             mkdir_or_exist(args.out)
         except OSError as err:
             fail(f'--out {args.out}: cannot make this folder ({err})')
-    runner = build_runner(cfg, notes + setup_launcher(cfg, args.launcher))
+    runner = build_runner(cfg, notes)
     if args.compile:
         compile_inference(runner.model)
         if get_device() == 'cpu':
             runner.logger.warning(f'--compile: {CPU_COMPILE_NOTE}.')
     if args.dtype != 'float32' and get_device() != 'cpu':
         torch.set_autocast_dtype(get_device(), DTYPES[args.dtype])
-    try:
+    try:  # ImportError: mmseg's CityscapesMetric without cityscapesscripts
         return runner.test()
-    except (CheckpointError, ImportError) as err:  # ImportError: mmseg's
-        fail(str(err))  # CityscapesMetric without cityscapesscripts
+    except (CheckpointError, DataError, ImportError) as err:
+        fail(error_text(err))
 
 
 if __name__ == '__main__':

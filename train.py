@@ -13,12 +13,14 @@ try:  # a broken install gets a diagnosis instead of a traceback
     from mmengine.config import Config
     from mmseg.registry import MODELS
 
-    from regproxy.datasets import check_data_roots, use_checked_loaders
+    from regproxy.datasets import (DataError, check_data_roots,
+                                   use_checked_loaders)
     from regproxy.engine import CheckpointError, WorkDirBusyError
     from regproxy.utils import (add_common_args, build_runner,
-                                end_process_group, fail, launcher_world_size,
-                                load_script_config, parse_with_paths,
-                                plan_total_batch, positive_int, setup_launcher)
+                                end_process_group, error_text, fail,
+                                launcher_world_size, load_script_config,
+                                parse_with_paths, plan_total_batch,
+                                positive_int, setup_launcher)
 except ImportError as error:
     sys.exit(runpy.run_path(str(Path(__file__).parent / 'tools' / 'misc' /
                                 'check_env.py'))['stack_import_hint'](error))
@@ -137,10 +139,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         fail(str(err))
     use_checked_loaders(cfg, ('val_dataloader', ))
     notes += setup_launcher(cfg, args.launcher)
-    try:  # the runner looks for a readable checkpoint to resume from
+    # Building the runner looks for a readable checkpoint to resume from;
+    # FloatingPointError: a NaN or inf loss (NonFiniteLossHook).
+    try:
         build_runner(cfg, notes + batch_notes, warnings).train()
-    except (CheckpointError, WorkDirBusyError) as err:
-        fail(str(err))
+    except (CheckpointError, DataError, FloatingPointError,
+            WorkDirBusyError) as err:
+        fail(error_text(err))
 
 
 if __name__ == '__main__':

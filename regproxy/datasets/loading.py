@@ -15,13 +15,19 @@ from mmseg.registry import TRANSFORMS
 from PIL import Image
 
 __all__ = [
-    'CheckedLoadImageFromFile', 'CheckedLoadAnnotations',
+    'CheckedLoadImageFromFile', 'CheckedLoadAnnotations', 'DataError',
     'use_checked_loaders'
 ]
 
 _JPEG_START, _JPEG_END = b'\xff\xd8', b'\xff\xd9'
 _PNG_START = b'\x89PNG\r\n\x1a\n'
 _PNG_END = b'IEND\xaeB`\x82'  # the IEND chunk's type and CRC
+
+
+class DataError(OSError, ValueError):
+    """A sample the run cannot use (an unreadable file, a label map that
+    does not fit its image or the classes), or a dataset whose classes are
+    not the model's; the message names the file or the setting."""
 
 
 def unturned_flag(flag: str, backend: Optional[str]) -> str:
@@ -74,7 +80,7 @@ def _unreadable(kind: str, path: str, error: Exception, skip: bool) -> None:
     None, which makes mmengine's dataset draw another sample."""
     message = f'cannot read {kind} {path}: {type(error).__name__}: {error}'
     if not skip:
-        raise OSError(message) from error
+        raise DataError(message) from error
     print_log(f'{message}; skipped (ignore_empty=True)', 'current',
               level=logging.WARNING)
 
@@ -161,7 +167,7 @@ class CheckedLoadAnnotations(LoadAnnotations):
                     'ImageOps.exif_transpose) without the tag.'
                     if tuple(labels.shape[:2]) == tuple(image_shape)[::-1]
                     else '')
-            raise ValueError(
+            raise DataError(
                 f'label map {path} is {labels.shape[0]}x{labels.shape[1]} '
                 f'but its image {results.get("img_path")} is '
                 f'{image_shape[0]}x{image_shape[1]}: they must have the '
@@ -178,7 +184,7 @@ class CheckedLoadAnnotations(LoadAnnotations):
         if labels.ndim == 3 and labels.shape[2] == 1:
             labels = labels[..., 0]
         if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
+            raise DataError(
                 f'label map {path} is {labels.dtype} of shape {raw_shape}; '
                 'expected one channel of integer class ids')
         # The dataset's: mmseg deprecates the transform's reduce_zero_label.
@@ -194,7 +200,7 @@ class CheckedLoadAnnotations(LoadAnnotations):
             values = np.unique(labels[bad])
             shown = ', '.join(str(v) for v in values[:8])
             reduced = ' after reduce_zero_label' if reduce_zero_label else ''
-            raise ValueError(
+            raise DataError(
                 f'label map {path} has values {shown}'
                 f'{" ..." if len(values) > 8 else ""}{reduced}; expected '
                 f'{expected}. Check num_classes and reduce_zero_label, and '

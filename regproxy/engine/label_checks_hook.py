@@ -1,6 +1,7 @@
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
+from ..datasets import DataError
 from .unwrap_model import unwrap_model
 
 __all__ = ['LabelChecksHook']
@@ -20,7 +21,7 @@ class LabelChecksHook(Hook):
         if head is None or classes is None:
             return
         if head.num_classes != len(classes):
-            raise ValueError(
+            raise DataError(
                 f'decode_head.num_classes={head.num_classes} but the '
                 f'{loader} dataset ({type(dataset).__name__}) has '
                 f'{len(classes)} classes: set model.decode_head.num_classes='

@@ -189,6 +189,10 @@ def load_config(path: str,
     cfg.merge_from_dict(options)
     for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         loader = cfg.get(name)
+        batch_size = (loader or {}).get('batch_size', 1)
+        if type(batch_size) is not int or batch_size < 1:
+            fail(f'{path}: {name}.batch_size must be a positive integer, '
+                 f'got {batch_size!r}')
         if (loader and loader.get('num_workers') == 0
                 and loader.get('persistent_workers')):
             # torch's DataLoader refuses persistent workers without any
@@ -216,13 +220,32 @@ def load_script_config(
     return cfg, notes
 
 
+def error_text(error: BaseException) -> str:
+    """The message of ``error``; of one that a DataLoader worker raised,
+    the original message alone (torch re-raises it with the worker's
+    traceback in front)."""
+    # KeyError's str() is the repr of its message
+    text = str(error.args[0] if isinstance(error, KeyError) and error.args
+               else error)
+    if 'DataLoader worker' in text.partition('\n')[0]:
+        text = text.rstrip().rpartition('\n')[2].partition(': ')[2]
+    return text
+
+
 def build_runner(cfg: Config,
                  notes: Sequence[str] = (),
                  warnings: Sequence[str] = ()) -> Runner:
     """The runner the config names (``runner_type``), else mmengine's,
-    which logs ``notes`` and ``warnings``."""
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else (
-        Runner.from_cfg(cfg))
+    which logs ``notes`` and ``warnings``. A config that does not build (a
+    type that is not registered, an argument its class refuses, a work dir
+    that cannot be made) ends the script naming the config and the cause.
+    """
+    try:
+        runner = RUNNERS.build(cfg) if 'runner_type' in cfg else (
+            Runner.from_cfg(cfg))
+    except (KeyError, OSError, TypeError, ValueError) as error:
+        fail(f'{cfg.filename}: cannot build the run: '
+             f'{type(error).__name__}: {error_text(error)}')
     for note in notes:
         runner.logger.info(note)
     for warning in warnings:

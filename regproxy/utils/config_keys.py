@@ -1,4 +1,5 @@
-"""Spell-check of ``--cfg-options`` keys, and their mmseg 0.x spellings:
+"""Spell-check of ``--cfg-options`` keys (and of the types they name), and
+their mmseg 0.x spellings:
 mmengine's ``merge_from_dict`` adds whatever key it is given, and a misspelt
 or 0.x key (``data.samples_per_gpu``) would never be read."""
 import difflib
@@ -34,6 +35,9 @@ RUNNER_KEYS: Set[str] = {
     'load_strict', 'allow_non_finite_weights'
 } | set(inspect.signature(Runner).parameters) - {'cfg'}
 
+# mmseg's registries; each falls back to mmengine's of its kind (parent).
+REGISTRIES = [getattr(mmseg_registry, name) for name in mmseg_registry.__all__]
+
 # Keys that the builders read beside the arguments of the built class:
 # mmengine's registry, mmcv's build_norm_layer, build_optim_wrapper.
 BUILDER_KEYS = {'type', '_scope_', '_delete_', 'requires_grad', 'constructor',
@@ -61,7 +65,8 @@ def translate_legacy_keys(cfg: Config,
 
 
 def check_override_keys(cfg: Config, options: dict) -> None:
-    """Refuse overrides of keys that nothing reads.
+    """Refuse overrides of keys that nothing reads, and ``type`` values
+    that no registry of mmseg's (or mmengine's) holds.
 
     Each key is followed into the config to its first part that the config
     lacks, and on into the new dicts below it. Such a part passes when the
@@ -76,10 +81,20 @@ def check_override_keys(cfg: Config, options: dict) -> None:
         options (dict): ``DictAction`` result (``{'a.b': value}``).
 
     Raises:
-        ValueError: naming the key and the closest accepted names.
+        ValueError: naming the key and the closest accepted names (or
+            registered types).
     """
     tree = cfg.to_dict()
-    for key in options:
+    for key, value in options.items():
+        if key.rpartition('.')[2] == 'type' and isinstance(value, str) and (
+                _registered(value) is None):
+            names = {n for r in REGISTRIES
+                     for n in (*r.module_dict, *r.parent.module_dict)}
+            close = difflib.get_close_matches(value, sorted(names), n=3)
+            raise ValueError(
+                f'config key {key}: {value!r} is not registered' +
+                (f'; closest: {", ".join(close)}' if close else '') +
+                ' (a type of another package: is it in custom_imports?)')
         node, parts = tree, key.split('.')
         for depth, part in enumerate(parts):
             if isinstance(node, (list, tuple)) and part.isdigit():
@@ -120,12 +135,16 @@ def _check_new_key(key: str, place: str, name: str, node: dict,
         '. A misspelt key would be added and never read, so it is refused')
 
 
+def _registered(name: str) -> Any:
+    """What the first of mmseg's registries with ``name`` builds, or None."""
+    return next(filter(None, (r.get(name) for r in REGISTRIES)), None)
+
+
 def _init_args(type_: Any) -> Optional[Set[str]]:
     """Argument names of what ``type_`` builds; None when they cannot be
     told (no type, not registered, ``**kwargs``)."""
-    if isinstance(type_, str):  # the first of mmseg's registries with it
-        type_ = next(filter(None, (getattr(mmseg_registry, name).get(type_)
-                                   for name in mmseg_registry.__all__)), None)
+    if isinstance(type_, str):
+        type_ = _registered(type_)
     try:
         params = inspect.signature(type_).parameters.values()
     except (TypeError, ValueError):

@@ -23,6 +23,19 @@ _RANK_ENV = {
 }
 
 
+def launcher_env(launcher: str) -> List[str]:
+    """(rank, world size, local rank) as ``launcher`` (not ``'none'``)
+    set them; a ``ValueError`` names those missing."""
+    missing = [k for k in _RANK_ENV[launcher] if k not in os.environ]
+    if missing:
+        starter = dict(pytorch='torchrun', slurm='srun', mpi='mpirun')
+        raise ValueError(
+            f'--launcher {launcher}: {", ".join(missing)} not set: start the '
+            f'processes with {starter[launcher]}, or leave --launcher out '
+            'for one process')
+    return [os.environ[k] for k in _RANK_ENV[launcher]]
+
+
 def launcher_world_size(launcher: str) -> int:
     """Number of processes of a run under ``launcher`` (one of
     :data:`LAUNCHERS`), also before the runner starts the process group."""
@@ -30,7 +43,7 @@ def launcher_world_size(launcher: str) -> int:
         return dist.get_world_size()
     if launcher == 'none':
         return 1
-    return int(os.environ[_RANK_ENV[launcher][1]])
+    return int(launcher_env(launcher)[1])
 
 
 def end_process_group() -> None:
@@ -58,12 +71,12 @@ def setup_launcher(cfg: Config, launcher: str) -> List[str]:
         list[str]: what was done, to log once the runner's logger exists.
     """
     cfg.launcher = launcher
-    if launcher == 'none' or torch.cuda.is_available() or (
-            dist.is_initialized()):
+    if launcher == 'none' or dist.is_initialized():
         return []
+    rank, world_size, local_rank = launcher_env(launcher)
+    if torch.cuda.is_available():
+        return []  # mmengine's runner starts NCCL
     if launcher != 'pytorch':  # torchrun sets these and MASTER_ADDR/PORT
-        rank, world_size, local_rank = (
-            os.environ[k] for k in _RANK_ENV[launcher])
         os.environ.update(
             RANK=rank, WORLD_SIZE=world_size, LOCAL_RANK=local_rank)
         os.environ.setdefault('MASTER_PORT', '29500')

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import mmcv
 import numpy as np
 import pytest
 import torch
@@ -556,7 +557,7 @@ DIVERGE = ['optim_wrapper.optimizer.lr=1e30', 'train_cfg.max_iters=6',
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(
         tiny_config, tmp_path):
-    with pytest.raises(FloatingPointError, match='at iteration 2: training'):
+    with pytest.raises(SystemExit, match='at iteration 2: training'):
         _train(str(tiny_config), '--work-dir', str(tmp_path),
                '--no-validate', '--cfg-options', *DIVERGE)
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_1.pth']
@@ -774,15 +775,16 @@ def test_the_nan_advice_works_as_written(tiny_config, tmp_path):
         'by_epoch=False, begin=0, end=4)]\n')
     ramp = ['optim_wrapper.optimizer.lr=1e30', 'train_cfg.max_iters=6',
             'default_hooks.checkpoint.interval=1']
-    with pytest.raises(FloatingPointError) as error:
+    with pytest.raises(SystemExit) as error:
         _train(str(config), '--work-dir', str(tmp_path),
                '--no-validate', '--cfg-options', *ramp)
     message = str(error.value)
+    assert message.startswith('error: loss is nan')
     assert 'at iteration 3' in message
     assert ('--resume --cfg-options optim_wrapper.optimizer.lr=LOWER'
             in message and '--resume-from' in message)
     lower = [*ramp[1:], 'optim_wrapper.optimizer.lr=1e-3']
-    with pytest.raises(FloatingPointError):
+    with pytest.raises(SystemExit, match='loss is nan'):
         _train(str(config), '--work-dir', str(tmp_path), '--resume',
                '--no-validate', '--cfg-options', *lower)
     _train(str(config), '--work-dir', str(tmp_path), '--resume-from',
@@ -794,10 +796,72 @@ def test_the_nan_advice_works_as_written(tiny_config, tmp_path):
 
 
 def test_num_classes_must_match_the_dataset(tiny_config, tmp_path):
-    with pytest.raises(ValueError, match=r'num_classes=4 but the '
-                       r'train_dataloader dataset \(ShapesDataset\) has 8'):
+    with pytest.raises(SystemExit, match=r'^error: decode_head.num_classes=4 '
+                       r'but the train_dataloader dataset \(ShapesDataset\) '
+                       'has 8'):
         _train(str(tiny_config), '--work-dir', str(tmp_path),
                '--cfg-options', 'model.decode_head.num_classes=4')
+
+
+@pytest.mark.parametrize('option, message', [
+    ('model.backbone.drop_path_rate=abc', 'cannot build the run: TypeError: '),
+    ('model.decode_head.in_channels=7', 'cannot build the run: ValueError: '
+     'ProxyHead takes two inputs'),
+    ('model.decode_head.type=ProxyHed', "'ProxyHed' is not registered"),
+    ('train_dataloader.batch_size=0', 'train_dataloader.batch_size must be'),
+])
+def test_settings_that_do_not_build_end_with_a_message(
+        tiny_config, tmp_path, option, message):
+    with pytest.raises(SystemExit) as exit:
+        _train(str(tiny_config), '--work-dir', str(tmp_path),
+               '--no-validate', '--cfg-options', option)
+    assert str(exit.value).startswith('error: ')
+    assert message in str(exit.value)
+
+
+def test_a_work_dir_that_cannot_be_made_ends_with_a_message(
+        tiny_config, tmp_path):
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(SystemExit, match=r'cannot build the run: \w+Error: '
+                       r'.*file/run'):
+        _train(str(tiny_config), '--work-dir', str(tmp_path / 'file' / 'run'))
+
+
+@pytest.mark.parametrize('launcher, missing', [
+    ('pytorch', 'RANK, WORLD_SIZE'), ('slurm', 'SLURM_PROCID')])
+def test_a_launcher_without_its_processes_ends_with_a_message(
+        tiny_config, tmp_path, monkeypatch, launcher, missing):
+    for name in ('RANK', 'WORLD_SIZE', 'SLURM_PROCID', 'SLURM_NTASKS',
+                 'SLURM_LOCALID'):
+        monkeypatch.delenv(name, raising=False)
+    expected = f'error: --launcher {launcher}: {missing}'
+    with pytest.raises(SystemExit, match=expected):
+        _train(str(tiny_config), '--work-dir', str(tmp_path), '--launcher',
+               launcher)
+    with pytest.raises(SystemExit, match=expected):
+        _test(str(tiny_config), str(tiny_config), '--work-dir',
+              str(tmp_path), '--launcher', launcher)
+
+
+def test_a_bad_label_map_ends_training_with_its_message(tmp_path):
+    """With dataloader workers too: the message is the loader's, without
+    the worker's traceback."""
+    data = generate_shapes_dataset(str(tmp_path / 'shapes'), num_train=2,
+                                   num_val=1)
+    label = Path(data) / 'annotations/training/shapes_training_00001.png'
+    labels = mmcv.imread(str(label), 'unchanged')
+    labels[0, 0] = 9
+    mmcv.imwrite(labels, str(label))
+    config = tmp_path / 'bad.py'
+    config.write_text(TINY_CONFIG.format(base=BASE, data=data))
+    with pytest.raises(SystemExit) as exit:
+        _train(str(config), '--work-dir', str(tmp_path / 'run'),
+               '--no-validate', '--cfg-options',
+               'train_dataloader.num_workers=1')
+    assert str(exit.value) == (
+        f'error: label map {label} has values 9; expected in [0, 8) or the '
+        'ignore index 255. Check num_classes and reduce_zero_label, and that '
+        'labels hold class ids rather than colours')
 
 
 @pytest.mark.slow

@@ -1,11 +1,14 @@
-"""regproxy.utils.cli: the --shape option of the tools, --cfg-options and
-the path arguments of train.py and test.py."""
+"""regproxy.utils.cli: the --shape option of the tools, --cfg-options,
+the path arguments of train.py and test.py, and error messages."""
 import argparse
 
 import pytest
+import torch
 from mmengine.config import DictAction
 
-from regproxy.utils import add_common_args, add_shape_arg, parse_with_paths
+from regproxy.datasets import DataError
+from regproxy.utils import (add_common_args, add_shape_arg, error_text,
+                            parse_with_paths)
 
 
 def _parser():
@@ -128,3 +131,32 @@ def test_missing_or_extra_paths(argv, message, capsys):
     with pytest.raises(SystemExit):
         _paths(argv)
     assert f'tool: error: {message}' in capsys.readouterr().err
+
+
+# error messages -------------------------------------------------------------
+
+
+class _BrokenSamples(torch.utils.data.Dataset):
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        raise DataError('label map x.png has values 9')
+
+
+def test_a_dataloader_workers_error_is_its_own_message():
+    """torch re-raises a worker's error with the worker's traceback in
+    front; the message is the original one."""
+    loader = torch.utils.data.DataLoader(_BrokenSamples(), num_workers=1)
+    with pytest.raises(DataError) as error:
+        next(iter(loader))
+    assert 'Traceback' in str(error.value)
+    assert error_text(error.value) == 'label map x.png has values 9'
+
+
+def test_error_text_of_key_and_os_errors():
+    assert error_text(KeyError('X is not in the registry')) == (
+        'X is not in the registry')
+    assert error_text(FileNotFoundError(2, 'No such file', 'a/b')) == (
+        "[Errno 2] No such file: 'a/b'")

@@ -85,6 +85,19 @@ def test_unknown_keys_are_refused_naming_the_closest(cfg, key, message):
     assert key in str(error.value)
 
 
+@pytest.mark.parametrize('key, value, message', [
+    ('model.decode_head.type', 'ProxyHed', 'closest: ProxyHead'),
+    ('optim_wrapper.optimizer.type', 'AdamX', 'closest: Adam'),
+    ('model.backbone.type', 'NoSuchThing', 'custom_imports'),
+])
+def test_unregistered_types_are_refused_naming_the_closest(
+        cfg, key, value, message):
+    with pytest.raises(ValueError, match=f"config key {key}: '{value}' is "
+                       'not registered') as error:
+        check_override_keys(cfg, {key: value})
+    assert message in str(error.value)
+
+
 @pytest.mark.parametrize(
     'options',
     [
@@ -137,6 +150,11 @@ def test_unknown_keys_are_refused_naming_the_closest(cfg, key, message):
         {
             'compile': True
         },
+        {
+            'model.decode_head.type': 'mmseg.FCNHead',
+            'optim_wrapper.optimizer.type': 'SGD',
+            'visualizer.vis_backends.0.type': 'TensorboardVisBackend'
+        },  # registered in mmseg's registries or mmengine's
     ])
 def test_keys_that_something_reads_pass(cfg, options):
     check_override_keys(cfg, options)
@@ -145,6 +163,17 @@ def test_keys_that_something_reads_pass(cfg, options):
 def test_load_config_ends_the_script_with_the_message():
     with pytest.raises(SystemExit, match='closest: embed_dims'):
         load_config(T16_ADE, {'model.backbone.embed_dim': 192})
+
+
+@pytest.mark.parametrize('key, value, loader', [
+    ('train_dataloader.batch_size', 0, 'train_dataloader'),
+    ('test_dataloader.batch_size', -2, 'test_dataloader'),
+    ('val_dataloader.batch_size', 1.5, 'val_dataloader'),
+    ('data.samples_per_gpu', 0, 'train_dataloader')])
+def test_a_batch_size_below_one_ends_the_script(key, value, loader):
+    with pytest.raises(SystemExit, match=f'{loader}.batch_size must be a '
+                       f'positive integer, got {value}'):
+        load_config(T16_ADE, {key: value})
 
 
 @pytest.mark.parametrize('key', [

@@ -102,8 +102,15 @@ def test_accumulative_counts_of_the_config_count_optimizer_steps(cfg):
 
 def test_launcher_world_size(monkeypatch):
     assert launcher_world_size('none') == 1
-    monkeypatch.setenv('WORLD_SIZE', '4')
-    monkeypatch.setenv('SLURM_NTASKS', '16')
-    monkeypatch.setenv('OMPI_COMM_WORLD_SIZE', '2')
+    for name, value in dict(
+            RANK=1, WORLD_SIZE=4, LOCAL_RANK=1, SLURM_PROCID=3,
+            SLURM_NTASKS=16, SLURM_LOCALID=3, OMPI_COMM_WORLD_RANK=0,
+            OMPI_COMM_WORLD_SIZE=2, OMPI_COMM_WORLD_LOCAL_RANK=0).items():
+        monkeypatch.setenv(name, str(value))
     assert [launcher_world_size(name)
             for name in ('pytorch', 'slurm', 'mpi')] == [4, 16, 2]
+    monkeypatch.delenv('OMPI_COMM_WORLD_RANK')
+    with pytest.raises(ValueError, match='--launcher mpi: '
+                       'OMPI_COMM_WORLD_RANK not set: start the processes '
+                       'with mpirun'):
+        launcher_world_size('mpi')
