@@ -24,7 +24,8 @@ from mmseg.visualization import SegLocalVisualizer
 from regproxy.datasets import CheckedLoadImageFromFile
 from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
                              trusted_checkpoints)
-from regproxy.utils import DTYPES, add_trust_checkpoint_arg, fail, load_config
+from regproxy.utils import (DTYPES, add_trust_checkpoint_arg, config_errors,
+                            fail, load_config)
 
 OUTLINE_COLOR = (255, 255, 0)  # RGB yellow: visible on most photos
 
@@ -99,7 +100,8 @@ def run_demo(args: argparse.Namespace) -> List[str]:
     # Only the class map is pictured: predict it without the full logits.
     cfg = load_config(args.config, {'model.test_cfg.return_logits': False,
                                     **(args.cfg_options or {})})
-    model = init_model(cfg, device=args.device)
+    with config_errors(cfg, 'the model'):
+        model = init_model(cfg, device=args.device)
     meta = load_segmentor_checkpoint(model, args.checkpoint).get('meta', {})
     # 1.x files carry dataset_meta, released 0.x ones CLASSES and PALETTE
     palette = (meta.get('dataset_meta') or {}).get('palette',

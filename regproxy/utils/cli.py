@@ -1,11 +1,13 @@
 """Command-line pieces shared by ``train.py``, ``test.py`` and the tools:
 mmseg's flags on mmengine's ``DictAction``, ``Config`` and ``Runner``."""
 import argparse
+import contextlib
 import os
 import os.path as osp
 import re
 import sys
-from typing import Any, List, NoReturn, Optional, Sequence, Tuple
+from typing import (Any, Iterator, List, NoReturn, Optional, Sequence,
+                    Tuple)
 
 import torch
 from mmengine.config import Config, DictAction
@@ -232,20 +234,27 @@ def error_text(error: BaseException) -> str:
     return text
 
 
+@contextlib.contextmanager
+def config_errors(cfg: Config, what: str) -> Iterator[None]:
+    """Inside, an error of building ``what`` (``'the model'``) from ``cfg``
+    (a type that is not registered, an argument its class refuses, a
+    folder that cannot be made) ends the script naming the config and the
+    cause."""
+    try:
+        yield
+    except (KeyError, OSError, TypeError, ValueError) as error:
+        fail(f'{cfg.filename}: cannot build {what}: '
+             f'{type(error).__name__}: {error_text(error)}')
+
+
 def build_runner(cfg: Config,
                  notes: Sequence[str] = (),
                  warnings: Sequence[str] = ()) -> Runner:
     """The runner the config names (``runner_type``), else mmengine's,
-    which logs ``notes`` and ``warnings``. A config that does not build (a
-    type that is not registered, an argument its class refuses, a work dir
-    that cannot be made) ends the script naming the config and the cause.
-    """
-    try:
+    which logs ``notes`` and ``warnings`` (:func:`config_errors`)."""
+    with config_errors(cfg, 'the run'):
         runner = RUNNERS.build(cfg) if 'runner_type' in cfg else (
             Runner.from_cfg(cfg))
-    except (KeyError, OSError, TypeError, ValueError) as error:
-        fail(f'{cfg.filename}: cannot build the run: '
-             f'{type(error).__name__}: {error_text(error)}')
     for note in notes:
         runner.logger.info(note)
     for warning in warnings:

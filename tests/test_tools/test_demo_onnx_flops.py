@@ -253,6 +253,26 @@ def test_tools_refuse_crafted_checkpoints(tiny, crafted, tmp_path):
     assert marker.exists()
 
 
+def test_tools_name_a_config_that_does_not_build(tiny, tmp_path):
+    config = tmp_path / 'bad.py'
+    config.write_text(f"_base_ = ['{tiny[0]}']\n"
+                      "model = dict(decode_head=dict(type='ProxyHed'))\n")
+    image = tmp_path / 'image.png'
+    cv2.imwrite(str(image), np.zeros((32, 48, 3), np.uint8))
+    runs = [
+        lambda: get_flops.analyse(str(config)),
+        lambda: demo.main([str(image), str(config), tiny[1], '--out',
+                           str(tmp_path / 'demo'), '--device', 'cpu']),
+        lambda: pytorch2onnx.main([str(config), '--out',
+                                   str(tmp_path / 'm.onnx')]),
+    ]
+    for run in runs:
+        with pytest.raises(SystemExit, match=f'^error: {config}: cannot '
+                           'build the model: KeyError: ProxyHed is not in '
+                           'the mmseg::model registry'):
+            run()
+
+
 def test_backbone_pretrained_refuses_crafted_file(tiny, crafted):
     from regproxy.engine import CheckpointError
     from regproxy.models.backbones import RegionProxyViT

@@ -14,7 +14,7 @@ from mmseg.apis import init_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from regproxy.models.decode_heads.proxy_head import NUM_NEIGHBOURS
-from regproxy.utils import add_shape_arg, load_config
+from regproxy.utils import add_shape_arg, config_errors, load_config
 
 
 def analyse(config: str, shape: Optional[Sequence[int]] = None) -> dict:
@@ -23,7 +23,8 @@ def analyse(config: str, shape: Optional[Sequence[int]] = None) -> dict:
     cfg = load_config(config)
     shape = tuple(shape or cfg.get('crop_size', (512, 512)))
     with torch.device('meta'):
-        model = init_model(cfg, device='meta')
+        with config_errors(cfg, 'the model'):
+            model = init_model(cfg, device='meta')
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             logits = model.decode_head(
                 model.backbone(torch.zeros(1, 3, *shape)))

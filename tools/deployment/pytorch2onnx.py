@@ -20,8 +20,8 @@ from mmseg.apis import init_model
 from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
                              trusted_checkpoints)
 from regproxy.models.backbones import TimmRegionProxyViT
-from regproxy.utils import (add_shape_arg, add_trust_checkpoint_arg, fail,
-                            load_config)
+from regproxy.utils import (add_shape_arg, add_trust_checkpoint_arg,
+                            config_errors, fail, load_config)
 
 RTOL = 1e-4
 OPSET = 18  # torch.export's exporter fails to convert its graph to 17
@@ -104,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        model = init_model(cfg, device='cpu')
+        with config_errors(cfg, 'the model'):
+            model = init_model(cfg, device='cpu')
         if args.checkpoint:
             with trusted_checkpoints(args.trust_checkpoint):
                 load_segmentor_checkpoint(model, args.checkpoint)
