@@ -3,7 +3,8 @@
     python tools/model_converters/vit2regproxy.py SRC DST --config CONFIG
 
 DST holds the backbone weights as the backbone's ``checkpoint_filter_fn``
-converts SRC on load; see docs/checkpoints.md#imagenet-initialisation.
+converts SRC on load, checked to fit it strictly; see
+docs/checkpoints.md#imagenet-initialisation.
 """
 import argparse
 from typing import Optional, Sequence
@@ -13,7 +14,9 @@ from mmseg.registry import MODELS
 
 from regproxy.engine import (CheckpointError, load_checkpoint_file,
                              save_checkpoint_file)
+from regproxy.models.backbones import RegionProxyViT
 from regproxy.models.utils.checkpoint_filter import checkpoint_filter_fn
+from regproxy.models.utils.safe_checkpoint_loader import check_state_dict_fits
 from regproxy.utils import add_trust_checkpoint_arg, fail, load_config
 
 
@@ -29,9 +32,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         backbone_cfg = load_config(args.config).model.backbone
         with torch.device('meta'):  # geometry only, no memory
             backbone = MODELS.build(backbone_cfg)
+        if not isinstance(backbone, RegionProxyViT):
+            fail(f'{args.config}: the backbone is {type(backbone).__name__}; '
+                 'this converts ImageNet weights for RegionProxyViT. A timm '
+                 'backbone reads a timm state_dict as it is: '
+                 f'--cfg-options model.backbone.pretrained={args.src}')
         checkpoint = load_checkpoint_file(args.src,
                                           trust=args.trust_checkpoint)
         state_dict = checkpoint_filter_fn(checkpoint, backbone)
+        check_state_dict_fits(
+            backbone, state_dict, args.src,
+            f'Expected ImageNet weights of the timm model of {args.config} '
+            '(docs/checkpoints.md#imagenet-initialisation)')
     except (CheckpointError, OSError, ValueError) as error:
         fail(str(error))
     # a safetensors file holds the weights alone, which is all this is

@@ -82,23 +82,63 @@ def test_pretrained_file_loads_with_values(tmp_path):
     torch.testing.assert_close(backbone.pos_embed[:, 0], sd['pos_embed'][:, 0])
 
 
-@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
-def test_converter_command_line(tmp_path, suffix):
-    source = timm.create_model(
-        'deit_tiny_distilled_patch16_224', pretrained=False)
-    src, dst = tmp_path / 'deit.pth', tmp_path / f'converted{suffix}'
-    torch.save({'model': source.state_dict()}, src)
-    config = (REPO_ROOT / 'configs' / 'regproxy_ade20k' /
-              'regproxy-b16-sub4+implicit-mid-4+512x512+160k+adamw-cr+ade20k.py')
-    subprocess.run([
+B16_ADE = (REPO_ROOT / 'configs' / 'regproxy_ade20k' /
+           'regproxy-b16-sub4+implicit-mid-4+512x512+160k+adamw-cr+ade20k.py')
+
+
+def _convert(src, dst, config) -> subprocess.CompletedProcess:
+    return subprocess.run([
         sys.executable, 'tools/model_converters/vit2regproxy.py',
         str(src), str(dst), '--config', str(config)
-    ], cwd=REPO_ROOT, check=True)
+    ], cwd=REPO_ROOT, capture_output=True, text=True)
+
+
+@pytest.fixture(scope='module')
+def deit_tiny(tmp_path_factory) -> tuple:
+    """DeiT-Ti distilled in DeiT's file format, and the published B16
+    config at DeiT-Ti width (12 layers, a distillation token)."""
+    root = tmp_path_factory.mktemp('deit')
+    source = timm.create_model(
+        'deit_tiny_distilled_patch16_224', pretrained=False)
+    torch.save({'model': source.state_dict()}, root / 'deit.pth')
+    (root / 'deit_ti.py').write_text(
+        f"_base_ = ['{B16_ADE}']\n"
+        'model = dict(backbone=dict(embed_dims=192, num_heads=3))\n')
+    return root / 'deit.pth', root / 'deit_ti.py'
+
+
+@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
+def test_converter_command_line(deit_tiny, tmp_path, suffix):
+    src, config = deit_tiny
+    dst = tmp_path / f'converted{suffix}'
+    proc = _convert(src, dst, config)
+    assert proc.returncode == 0, proc.stderr
     state_dict = load_checkpoint_file(dst)
     state_dict = state_dict.get('state_dict', state_dict)
     assert state_dict['pos_embed'].shape == (1, 32 * 32 + 2, 192)
     assert 'dist_token' in state_dict and 'layers.0.ln1.weight' in state_dict
     assert not any(k.startswith(('head', 'blocks')) for k in state_dict)
+
+
+def test_converter_refuses_weights_that_do_not_fit(deit_tiny, tmp_path):
+    """DeiT-Ti weights for the B16 config (width 768), and a timm-backbone
+    config, whose backbone reads timm files itself."""
+    src, _ = deit_tiny
+    proc = _convert(src, tmp_path / 'c.pth', B16_ADE)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        f'error: checkpoint {src} does not fit the model: cls_token '
+        '(1, 1, 192) in the checkpoint, (1, 1, 768) in the model')
+    assert 'Expected ImageNet weights of the timm model of' in proc.stderr
+    timm_config = (REPO_ROOT / 'configs' / 'regproxy_shapes' /
+                   'regproxy-eva02-ti14-d4-sub4+implicit-mid-1+128x128+1500+'
+                   'adamw-poly+shapes.py')
+    proc = _convert(src, tmp_path / 'c.pth', timm_config)
+    assert proc.returncode == 1
+    assert ('the backbone is TimmRegionProxyViT; this converts ImageNet '
+            'weights for RegionProxyViT') in proc.stderr
+    assert f'model.backbone.pretrained={src}' in proc.stderr
+    assert not (tmp_path / 'c.pth').exists()
 
 
 def test_mmseg_vit2mmseg_file_keeps_the_patch_bias(tmp_path):
