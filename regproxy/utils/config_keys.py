@@ -7,6 +7,8 @@ import inspect
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from mmengine.config import Config
+from mmengine.registry import Registry
+from mmengine.registry import root as mmengine_registry
 from mmengine.runner import Runner
 from mmseg import registry as mmseg_registry
 
@@ -35,8 +37,13 @@ RUNNER_KEYS: Set[str] = {
     'load_strict', 'allow_non_finite_weights'
 } | set(inspect.signature(Runner).parameters) - {'cfg'}
 
-# mmseg's registries; each falls back to mmengine's of its kind (parent).
-REGISTRIES = [getattr(mmseg_registry, name) for name in mmseg_registry.__all__]
+# Every kind of mmengine's registries: mmseg's (which falls back to its
+# parent, mmengine's) where mmseg has one, else mmengine's (FUNCTIONS).
+REGISTRIES = [
+    getattr(mmseg_registry, name, registry)
+    for name, registry in vars(mmengine_registry).items()
+    if isinstance(registry, Registry)
+]
 
 # Keys that the builders read beside the arguments of the built class:
 # mmengine's registry, mmcv's build_norm_layer, build_optim_wrapper.
@@ -66,7 +73,7 @@ def translate_legacy_keys(cfg: Config,
 
 def check_override_keys(cfg: Config, options: dict) -> None:
     """Refuse overrides of keys that nothing reads, and ``type`` values
-    that no registry of mmseg's (or mmengine's) holds.
+    that no registry of mmseg's or mmengine's holds.
 
     Each key is followed into the config to its first part that the config
     lacks, and on into the new dicts below it. Such a part passes when the
@@ -88,8 +95,8 @@ def check_override_keys(cfg: Config, options: dict) -> None:
     for key, value in options.items():
         if key.rpartition('.')[2] == 'type' and isinstance(value, str) and (
                 _registered(value) is None):
-            names = {n for r in REGISTRIES
-                     for n in (*r.module_dict, *r.parent.module_dict)}
+            names = {n for r in REGISTRIES for n in (
+                *r.module_dict, *getattr(r.parent, 'module_dict', ()))}
             close = difflib.get_close_matches(value, sorted(names), n=3)
             raise ValueError(
                 f'config key {key}: {value!r} is not registered' +
@@ -136,7 +143,8 @@ def _check_new_key(key: str, place: str, name: str, node: dict,
 
 
 def _registered(name: str) -> Any:
-    """What the first of mmseg's registries with ``name`` builds, or None."""
+    """What the first of :data:`REGISTRIES` with ``name`` builds, or
+    None."""
     return next(filter(None, (r.get(name) for r in REGISTRIES)), None)
 
 

@@ -153,8 +153,9 @@ def test_unregistered_types_are_refused_naming_the_closest(
         {
             'model.decode_head.type': 'mmseg.FCNHead',
             'optim_wrapper.optimizer.type': 'SGD',
-            'visualizer.vis_backends.0.type': 'TensorboardVisBackend'
-        },  # registered in mmseg's registries or mmengine's
+            'visualizer.vis_backends.0.type': 'TensorboardVisBackend',
+            'train_dataloader.collate_fn.type': 'pseudo_collate'
+        },  # registered in mmseg's registries or mmengine's (FUNCTIONS)
     ])
 def test_keys_that_something_reads_pass(cfg, options):
     check_override_keys(cfg, options)
