@@ -158,9 +158,10 @@ def load_config(path: str,
                 notes: Optional[List[str]] = None) -> Config:
     """Load a config file, import its ``custom_imports`` (a list of
     modules or mmengine's ``dict(imports=[...])``) and merge command-line
-    overrides, mmseg 0.x keys at their 1.x places; a syntax error or an
-    override that nothing would read ends the script with a message. A
-    dataloader without workers gets ``persistent_workers=False``.
+    overrides, mmseg 0.x keys at their 1.x places; a syntax error, an
+    override that nothing would read or a dataloader ``batch_size`` below 1
+    ends the script with a message. A dataloader without workers gets
+    ``persistent_workers=False``.
 
     Args:
         path (str): config file.
