@@ -15,7 +15,6 @@ from mmengine.config import ConfigDict
 from mmseg.registry import MODELS
 
 from regproxy.models.backbones import vit
-from regproxy.models.utils import sync_bn_to_bn
 
 from tests.conformance import (load_conformance, published_config,
                                relative_error)
@@ -39,7 +38,6 @@ def build_reference_model(filename: str, dtype: torch.dtype):
         overrides = copy.deepcopy(reference['model'][part])
         overrides.pop('type')
         cfg.model[part].update(overrides)
-    sync_bn_to_bn(cfg.model)
     model = MODELS.build(cfg.model)
     state_dict = {k: v.to(dtype) for k, v in reference['state_dict'].items()}
     model.load_state_dict(state_dict, strict=True)
