@@ -93,15 +93,8 @@ def check_override_keys(cfg: Config, options: dict) -> None:
     """
     tree = cfg.to_dict()
     for key, value in options.items():
-        if key.rpartition('.')[2] == 'type' and isinstance(value, str) and (
-                _registered(value) is None):
-            names = {n for r in REGISTRIES for n in (
-                *r.module_dict, *getattr(r.parent, 'module_dict', ()))}
-            close = difflib.get_close_matches(value, sorted(names), n=3)
-            raise ValueError(
-                f'config key {key}: {value!r} is not registered' +
-                (f'; closest: {", ".join(close)}' if close else '') +
-                ' (a type of another package: is it in custom_imports?)')
+        if key.rpartition('.')[2] == 'type' and isinstance(value, str):
+            _check_type(key, value)
         node, parts = tree, key.split('.')
         for depth, part in enumerate(parts):
             if isinstance(node, (list, tuple)) and part.isdigit():
@@ -140,6 +133,19 @@ def _check_new_key(key: str, place: str, name: str, node: dict,
         f'config key {key} does not exist and {where} takes no {name!r}' +
         (f'; closest: {", ".join(close)}' if close else '') +
         '. A misspelt key would be added and never read, so it is refused')
+
+
+def _check_type(key: str, name: str) -> None:
+    """Refuse the type ``name`` of ``key`` unless a registry holds it."""
+    if _registered(name) is not None:
+        return
+    names = {n for r in REGISTRIES
+             for n in (*r.module_dict, *getattr(r.parent, 'module_dict', ()))}
+    close = difflib.get_close_matches(name, sorted(names), n=3)
+    raise ValueError(
+        f'config key {key}: {name!r} is not registered' +
+        (f'; closest: {", ".join(close)}' if close else '') +
+        ' (a type of another package: is it in custom_imports?)')
 
 
 def _registered(name: str) -> Any:
