@@ -260,15 +260,17 @@ def test_tools_name_a_config_that_does_not_build(tiny, tmp_path):
     image = tmp_path / 'image.png'
     cv2.imwrite(str(image), np.zeros((32, 48, 3), np.uint8))
     runs = [
-        lambda: get_flops.analyse(str(config)),
-        lambda: demo.main([str(image), str(config), tiny[1], '--out',
-                           str(tmp_path / 'demo'), '--device', 'cpu']),
-        lambda: pytorch2onnx.main([str(config), '--out',
-                                   str(tmp_path / 'm.onnx')]),
+        ('model', lambda: get_flops.analyse(str(config))),
+        ('model', lambda: demo.main([str(image), str(config), tiny[1],
+                                     '--out', str(tmp_path / 'demo'),
+                                     '--device', 'cpu'])),
+        ('model', lambda: pytorch2onnx.main([str(config), '--out',
+                                             str(tmp_path / 'm.onnx')])),
+        ('models', lambda: benchmark.main([str(config), '--iters', '1'])),
     ]
-    for run in runs:
+    for what, run in runs:
         with pytest.raises(SystemExit, match=f'^error: {config}: cannot '
-                           'build the model: KeyError: ProxyHed is not in '
+                           f'build the {what}: KeyError: ProxyHed is not in '
                            'the mmseg::model registry'):
             run()
 

@@ -36,7 +36,7 @@ from regproxy.engine import (CheckpointError, load_segmentor_checkpoint,
                              trusted_checkpoints)
 from regproxy.models.backbones import RegionProxyViT
 from regproxy.utils import (DTYPES, add_shape_arg, add_trust_checkpoint_arg,
-                            fail, load_config)
+                            config_errors, fail, load_config)
 
 # The paths each mode times, ours first; the first two get the same weights.
 PATHS = ('ours', 'straightforward', 'segmenter')
@@ -297,7 +297,9 @@ def benchmark_models(args: argparse.Namespace, cfg: Config,
              FROZEN_PATHS if args.frozen else
              CLASS_MAP_PATHS if args.class_maps else PATHS)
     torch.manual_seed(0)
-    models = {path: build_model(cfg, path, device) for path in paths}
+    # ValueError too: a config that mmseg's ViT cannot mirror
+    with config_errors(cfg, 'the models'):
+        models = {path: build_model(cfg, path, device) for path in paths}
     ours, other = list(models.values())[:2]
     if args.checkpoint:
         with trusted_checkpoints(args.trust_checkpoint):
@@ -472,8 +474,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         results = benchmark_models(args, cfg, argv)
     except CheckpointError as error:
         fail(str(error))
-    except ValueError as error:  # a config the reference cannot mirror
-        fail(f'{args.config}: {error}')
     print_comparison(results)
 
 
