@@ -150,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     try:
         with trusted_checkpoints(args.trust_checkpoint):
             paths = run_demo(args)
-    except (CheckpointError, OSError) as error:  # OSError: image or config
+    except (CheckpointError, OSError) as error:  # OSError: the image
         fail(str(error))
     print('\n'.join(paths))
     return paths

@@ -158,9 +158,9 @@ def load_config(path: str,
                 notes: Optional[List[str]] = None) -> Config:
     """Load a config file, import its ``custom_imports`` (a list of
     modules or mmengine's ``dict(imports=[...])``) and merge command-line
-    overrides, mmseg 0.x keys at their 1.x places; a syntax error, an
-    override that nothing would read or a dataloader ``batch_size`` below 1
-    ends the script with a message. A dataloader without workers gets
+    overrides, mmseg 0.x keys at their 1.x places; a missing file, a syntax
+    error, an override that nothing would read or a dataloader
+    ``batch_size`` below 1 ends the script with a message. A dataloader without workers gets
     ``persistent_workers=False``.
 
     Args:
@@ -175,6 +175,8 @@ def load_config(path: str,
     except SyntaxError as error:  # mmengine 0.10.7 names no file
         fail(f'{path} (or one of its _base_ files), line {error.lineno}: '
              f'{error.msg}: {(error.text or "").strip()}')
+    except OSError as error:  # the file or a _base_ file it names
+        fail(f'cannot read config {path}: {error}')
     imports = cfg.get('custom_imports') or dict(imports=[])
     if isinstance(imports, (str, list)):  # mmengine takes the dict only
         imports = cfg.custom_imports = dict(imports=imports)

@@ -153,8 +153,10 @@ def test_missing_data_root_names_the_path(clean_root, tmp_path, capsys):
 def test_missing_config_and_split(tmp_path, clean_root, capsys):
     with pytest.raises(SystemExit) as exit_info:
         check_dataset.main([str(tmp_path / 'nothing.py')])
-    assert str(exit_info.value) == (f'error: config {tmp_path / "nothing.py"}'
-                                    ' does not exist')
+    missing = tmp_path / 'nothing.py'
+    assert str(exit_info.value) == (
+        f"error: cannot read config {missing}: [Errno 2] No such file or "
+        f"directory: '{missing}'")
     config = tmp_path / 'train_only.py'
     config.write_text(CONFIG.format(root=clean_root).split('val_')[0])
     with pytest.raises(SystemExit):

@@ -252,3 +252,15 @@ def test_a_syntax_error_names_the_file_line_and_text(tmp_path):
         assert str(exit.value) == (
             f"error: {path} (or one of its _base_ files), line 2: '(' was "
             'never closed: b = dict(c=2')
+
+
+def test_a_missing_config_or_base_file_is_named(tmp_path):
+    leaf = tmp_path / 'leaf.py'
+    leaf.write_text("_base_ = ['gone.py']\n")
+    for path, missing in ((tmp_path / 'nothing.py', tmp_path / 'nothing.py'),
+                          (leaf, tmp_path / 'gone.py')):
+        with pytest.raises(SystemExit) as exit:
+            load_config(str(path))
+        assert str(exit.value) == (
+            f'error: cannot read config {path}: [Errno 2] No such file or '
+            f"directory: '{missing}'")

@@ -109,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
         if args.checkpoint:
             with trusted_checkpoints(args.trust_checkpoint):
                 load_segmentor_checkpoint(model, args.checkpoint)
-    except (CheckpointError, OSError) as error:
+    except CheckpointError as error:
         fail(str(error))
     h, w = args.shape or cfg.get('crop_size', (512, 512))
     shapes = [(1, h, w)]  # (B, H, W) to check on; exported at the first

@@ -10,7 +10,6 @@ checks and prints: docs/datasets.md, "Checking a dataset before training".
 (:class:`ColourLookup`, fit on train and scored on val as they are read).
 """
 import argparse
-import os
 import sys
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -152,8 +151,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, SplitReport]:
     if args.colour_lookup and not {'train', 'val'} <= set(args.split):
         parser.error('--colour-lookup fits on train and scores on val: '
                      '--split needs both')
-    if not os.path.isfile(args.config):
-        sys.exit(f'error: config {args.config} does not exist')
     cfg = load_config(args.config, args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
 

@@ -16,7 +16,8 @@ from mmseg.apis import init_model
 
 from regproxy.engine import (CheckpointError, load_checkpoint_file,
                              save_checkpoint_file)
-from regproxy.utils import add_trust_checkpoint_arg, fail, load_config
+from regproxy.utils import (add_trust_checkpoint_arg, config_errors, fail,
+                            load_config)
 
 
 def convert(checkpoint, cfg: Config, source: str) -> dict:
@@ -35,7 +36,8 @@ def convert(checkpoint, cfg: Config, source: str) -> dict:
             "{'state_dict': ..., 'meta': ...} (ImageNet ViT weights: "
             'tools/model_converters/vit2regproxy.py)')
     text = cfg.pretty_text  # before init_model edits cfg
-    model = init_model(cfg, device='cpu')
+    with config_errors(cfg, 'the model'):
+        model = init_model(cfg, device='cpu')
     try:
         load_state_dict(model, weights, strict=True)
     except RuntimeError as error:  # mmengine lists keys and shapes
@@ -78,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         cfg = load_config(args.config)
         checkpoint = load_checkpoint_file(src, trust=args.trust_checkpoint)
         converted = convert(checkpoint, cfg, src)
-    except (CheckpointError, OSError) as error:  # OSError: the config
+    except CheckpointError as error:
         fail(str(error))
     save_checkpoint_file(converted, dst)
     classes = converted['meta']['dataset_meta']['classes']

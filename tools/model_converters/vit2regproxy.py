@@ -17,7 +17,8 @@ from regproxy.engine import (CheckpointError, load_checkpoint_file,
 from regproxy.models.backbones import RegionProxyViT
 from regproxy.models.utils.checkpoint_filter import checkpoint_filter_fn
 from regproxy.models.utils.safe_checkpoint_loader import check_state_dict_fits
-from regproxy.utils import add_trust_checkpoint_arg, fail, load_config
+from regproxy.utils import (add_trust_checkpoint_arg, config_errors, fail,
+                            load_config)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -29,9 +30,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     add_trust_checkpoint_arg(parser)
     args = parser.parse_args(argv)
     try:
-        backbone_cfg = load_config(args.config).model.backbone
-        with torch.device('meta'):  # geometry only, no memory
-            backbone = MODELS.build(backbone_cfg)
+        cfg = load_config(args.config)
+        # geometry only, no memory
+        with torch.device('meta'), config_errors(cfg, 'the backbone'):
+            backbone = MODELS.build(cfg.model.backbone)
         if not isinstance(backbone, RegionProxyViT):
             fail(f'{args.config}: the backbone is {type(backbone).__name__}; '
                  'this converts ImageNet weights for RegionProxyViT. A timm '
@@ -44,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             backbone, state_dict, args.src,
             f'Expected ImageNet weights of the timm model of {args.config} '
             '(docs/checkpoints.md#imagenet-initialisation)')
-    except (CheckpointError, OSError, ValueError) as error:
+    except (CheckpointError, ValueError) as error:
         fail(str(error))
     # a safetensors file holds the weights alone, which is all this is
     save_checkpoint_file({'state_dict': state_dict}, args.dst)
