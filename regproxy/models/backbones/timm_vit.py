@@ -21,6 +21,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
+from ..utils.checkpoint_filter import unwrap_state_dict
 from ..utils.safe_checkpoint_loader import (CheckpointError,
                                             check_state_dict_fits,
                                             load_checkpoint_file)
@@ -55,6 +56,21 @@ def _check_model_name(model_name: str) -> None:
             'hybrid (CNN stem) or convolutional models')
 
 
+def _timm_weights(checkpoint: Any) -> Any:
+    """The timm weights in a loaded file: a timm state dict as it is; of a
+    segmentor checkpoint with a :class:`TimmRegionProxyViT` (or of its
+    ``state_dict()``), the part under ``(backbone.)vit.``. Anything else is
+    returned for :meth:`TimmRegionProxyViT.load_timm_state_dict` to
+    refuse."""
+    if not isinstance(checkpoint, Mapping):
+        return checkpoint
+    state_dict = unwrap_state_dict(checkpoint)
+    if not any(k.startswith('vit.') for k in state_dict):
+        return state_dict
+    return {k[len('vit.'):]: v for k, v in state_dict.items()
+            if k.startswith('vit.')}
+
+
 @MODELS.register_module()
 class TimmRegionProxyViT(BaseModule):
     """A timm ViT whose patch tokens serve as region proxies (RegionProxy).
@@ -87,7 +103,9 @@ class TimmRegionProxyViT(BaseModule):
             ``'timm'`` downloads timm's published weights for ``model_name``
             (needs network); a path loads a timm ``state_dict`` file, e.g.
             ``timm.create_model(name, pretrained=True).state_dict()`` saved
-            with ``torch.save``. Read when ``init_weights()`` runs.
+            with ``torch.save``, or the backbone part of a segmentor
+            checkpoint with this backbone. Read when ``init_weights()``
+            runs.
         drop_path_rate (float): stochastic depth, rising to this at the last
             layer (timm's rule). Default: 0.
         timm_kwargs (dict, optional): more ``timm.create_model`` arguments
@@ -213,8 +231,8 @@ class TimmRegionProxyViT(BaseModule):
                 self.model_name, pretrained=True).state_dict()
         else:
             source = self.pretrained
-            state_dict = load_checkpoint_file(self.pretrained,
-                                              map_location='cpu')
+            state_dict = _timm_weights(
+                load_checkpoint_file(self.pretrained, map_location='cpu'))
         self.load_timm_state_dict(state_dict, source)
 
     def load_timm_state_dict(self, state_dict: Mapping[str, torch.Tensor],

@@ -167,6 +167,25 @@ def tiny(name='vit_small_patch14_reg4_dinov2', **kwargs):
     return TimmRegionProxyViT(name, **args)
 
 
+def test_pretrained_segmentor_checkpoint_loads_its_backbone(tmp_path):
+    """pretrained= a segmentor checkpoint with this backbone (as training
+    writes it: its backbone part is taken) or the backbone's own
+    state_dict: every tensor arrives unchanged."""
+    source = randomise(tiny())
+    expected = source.state_dict()
+    segmentor = {f'backbone.{k}': v for k, v in expected.items()}
+    segmentor['decode_head.conv_seg.weight'] = torch.zeros(1)
+    path = tmp_path / 'weights.pth'
+    for content in (dict(meta={}, state_dict=segmentor), expected):
+        torch.save(content, path)
+        ours = tiny(pretrained=str(path))
+        ours.init_weights()
+        loaded = ours.state_dict()
+        assert set(loaded) == set(expected)
+        for key, value in expected.items():
+            torch.testing.assert_close(loaded[key], value, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize('size', [(56, 56), (1, 1), (17, 33), (234, 345)])
 def test_any_input_size(size):
     model = tiny().eval()
