@@ -21,7 +21,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ..utils.checkpoint_filter import unwrap_state_dict
+from ..utils.checkpoint_filter import part_under, unwrap_state_dict
 from ..utils.safe_checkpoint_loader import (CheckpointError,
                                             check_state_dict_fits,
                                             load_checkpoint_file)
@@ -64,11 +64,7 @@ def _timm_weights(checkpoint: Any) -> Any:
     refuse."""
     if not isinstance(checkpoint, Mapping):
         return checkpoint
-    state_dict = unwrap_state_dict(checkpoint)
-    if not any(k.startswith('vit.') for k in state_dict):
-        return state_dict
-    return {k[len('vit.'):]: v for k, v in state_dict.items()
-            if k.startswith('vit.')}
+    return part_under(unwrap_state_dict(checkpoint), 'vit.')
 
 
 @MODELS.register_module()

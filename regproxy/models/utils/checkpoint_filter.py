@@ -11,7 +11,8 @@ from timm.layers import resample_abs_pos_embed
 
 from .safe_checkpoint_loader import revise_state_dict
 
-__all__ = ['checkpoint_filter_fn', 'unwrap_state_dict', 'is_timm_vit']
+__all__ = ['checkpoint_filter_fn', 'unwrap_state_dict', 'part_under',
+           'is_timm_vit']
 
 # (pattern, replacement) applied in order to every timm/DeiT key.
 _TIMM_TO_MMSEG = [
@@ -36,13 +37,17 @@ def unwrap_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
         if key in checkpoint and isinstance(checkpoint[key], Mapping):
             checkpoint = checkpoint[key]
             break
-    state_dict = revise_state_dict(checkpoint)
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = {
-            k[len('backbone.'):]: v
-            for k, v in state_dict.items() if k.startswith('backbone.')
-        }
-    return state_dict
+    return part_under(revise_state_dict(checkpoint), 'backbone.')
+
+
+def part_under(state_dict: Mapping, prefix: str) -> Dict[str, torch.Tensor]:
+    """The entries under ``prefix``, without it, where some key has it (a
+    submodule's weights in its parent's); otherwise ``state_dict`` itself.
+    """
+    if not any(k.startswith(prefix) for k in state_dict):
+        return state_dict
+    return {k[len(prefix):]: v for k, v in state_dict.items()
+            if k.startswith(prefix)}
 
 
 def is_timm_vit(state_dict: Mapping) -> bool:
